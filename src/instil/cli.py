@@ -1,0 +1,106 @@
+"""The command line: parses, builds a config, calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+from instil.errors import InstilError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instil", description="Instance-incremental learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the IIL protocol of a config")
+    run.add_argument("config", type=Path, help="a YAML preset, e.g. configs/fmnist-quick.yaml")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config key by dotted path (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list data sets, models, methods and presets")
+    fetch = sub.add_parser("fetch", help="make a data set available (fmnist)")
+    fetch.add_argument("dataset", choices=["fmnist"])
+    fetch.add_argument("--root", type=Path, default=Path("data"),
+                       help="folder for a download when no system copy exists (default: data)")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from instil.config import load_config
+    from instil.engine.protocol import run_protocol
+    from instil.report import base_line, summary_table
+
+    config = load_config(args.config, args.overrides)
+    if config.name == "custom":
+        config = dataclasses.replace(config, name=args.config.stem)
+    out = args.out or Path("runs") / config.name
+    results = run_protocol(config, out, show_progress=not args.no_progress)
+    print(base_line(results["runs"]))
+    print(summary_table(results["summary"]))
+    print(f"wrote {out}/results.json, summary.md, curves.png")
+    return 0
+
+
+def preset_dir() -> Path:
+    """configs/ of the working folder, else of the source checkout instil runs from."""
+    here = Path("configs")
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from instil.data import DATASETS
+    from instil.methods import METHODS
+    from instil.models import MODELS
+
+    print("data sets:")
+    for name, (_, description) in sorted(DATASETS.items()):
+        print(f"  {name:14s} {description}")
+    print("models:")
+    for name, (_, description) in sorted(MODELS.items()):
+        print(f"  {name:14s} {description}")
+    print("methods:")
+    for name, cls in sorted(METHODS.items()):
+        print(f"  {name:14s} {cls.description}")
+    presets = sorted(preset_dir().glob("*.yaml"))
+    print(f"presets ({preset_dir()}):")
+    for path in presets:
+        print(f"  {path.stem}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from instil.data.fetch import ensure_fmnist
+
+    print(f"Fashion-MNIST: {ensure_fmnist(args.root)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch}
+
+
+def one_line(error: BaseException) -> str:
+    """An error from a DataLoader worker arrives wrapped in a traceback; keep its message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]*InstilError: ", "", text)
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InstilError as e:
+        print(f"instil: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("instil: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Typed, frozen run configurations: loaded from YAML, overridden by `--set`, saved with results."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instil.errors import InstilError
+from instil.io import atomic_write_text
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fmnist"
+    root: str | None = None
+    # Images of file-based data sets are resized to this side; tensor data sets keep theirs.
+    image_size: int = 224
+    crop_padding: int = 4
+    flip: bool = True
+    workers: int = 4
+    # Loader-specific keyword arguments (the toy set's size and drift, a folder's test split).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet_small"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training budget: base training (and joint retraining) has one, each phase another."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise InstilError(f"schedule '{self.schedule}': use one of {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.warmup_epochs < 0:
+            raise InstilError(f"epochs={self.epochs}, batch_size={self.batch_size}, "
+                              f"warmup_epochs={self.warmup_epochs}: must be positive")
+        if not self.lr > 0:
+            raise InstilError(f"lr={self.lr}: must be positive")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    methods: list[str] = field(default_factory=lambda: ["finetune", "joint"])
+    order_seeds: list[int] = field(default_factory=lambda: [0])
+    n_phases: int = 10
+    base_fraction: float = 0.5
+    device: str = "auto"
+    # Seeds weight initialisation, shuffling and augmentation; the order seed seeds the split.
+    seed: int = 0
+    channels_last: bool = True
+    eval_batch_size: int = 1000
+    # Where base models are cached; empty means $INSTIL_CACHE or ~/.cache/instil.
+    cache_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    base: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
+    phase: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01))
+    # Per-method options, validated against each method's own options dataclass.
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(Path(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(Config, raw, "")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InstilError(f"{path}: cannot read config ({e.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InstilError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InstilError(f"{path}: a config must be a YAML mapping of keys to values")
+    return data
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Applies one `--set a.b.c=value`; the value is parsed as YAML (numbers, lists, booleans)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise InstilError(f"--set {item!r}: expected key=value, e.g. --set phase.epochs=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    check_key_path(key)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def check_key_path(key: str) -> None:
+    """Refuses a dotted key that names no field, before any value is parsed or used."""
+    cls: Any = Config
+    for i, part in enumerate(key.split(".")):
+        if not dataclasses.is_dataclass(cls):
+            # Below a free-form mapping (options) every key is allowed here and checked later.
+            return
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            where = ".".join(key.split(".")[:i]) or "the top level"
+            raise InstilError(f"unknown config key '{key}': {where} has "
+                              f"{', '.join(sorted(fields))}")
+        cls = _field_types(cls)[part]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, raw: Any, where: str) -> Any:
+    """Builds dataclass `cls` from a mapping, refusing unknown keys and values of the wrong type."""
+    if not isinstance(raw, dict):
+        raise InstilError(f"config '{where or 'top level'}' must be a mapping, got {raw!r}")
+    types_ = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise InstilError(f"unknown config key '{key}': known keys are {', '.join(sorted(known))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        if dataclasses.is_dataclass(types_[f.name]) and isinstance(value, dict):
+            # Keys not given keep the parent's default for this field (e.g. phase.lr=0.01),
+            # not the defaults of the nested class.
+            value = {**_shallow(_default(f)), **value}
+        kwargs[f.name] = coerce(types_[f.name], value, f"{where}.{f.name}" if where else f.name)
+    return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _shallow(instance: Any) -> dict[str, Any]:
+    if instance is None:
+        return {}
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        return coerce(next(t for t in options if t is not type(None)), value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        values = value if isinstance(value, list) else [value]
+        return [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(values)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InstilError(f"config key '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    return _scalar(tp, value, where)
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and value is None:
+        return ""
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise InstilError(f"config key '{where}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def save_config(config: Config, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,60 @@
+"""The base model M(0), trained once per order seed and cached by what it depends on.
+
+Every method of a run, and every later run with the same data, split, model and base
+budget, starts from the same M(0). The key hashes all of these, D(0)'s exact indices
+included, so a changed setting can never pick up a stale model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from instil.errors import InstilError
+from instil.io import atomic_write_bytes
+
+# Bump when base training changes in a way that changes its result.
+BASE_TRAINING_VERSION = 1
+
+
+def cache_root(configured: str) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("INSTIL_CACHE"):
+        return Path(os.environ["INSTIL_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "instil"
+
+
+def base_key(parts: dict[str, Any], base_indices: Any) -> str:
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    h.update(str(BASE_TRAINING_VERSION).encode())
+    h.update(torch.as_tensor(base_indices).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def load_base(path: Path, model: nn.Module) -> bool:
+    """Loads a cached M(0) into `model`; False when there is none. Tensors only, no code."""
+    if not path.exists():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    except Exception as e:  # any unreadable cache entry is a user-fixable state, not a bug
+        raise InstilError(f"{path}: unreadable cached base model ({type(e).__name__}); "
+                          "delete it to retrain") from None
+    return True
+
+
+def save_base(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "meta": meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,27 @@
+"""Choosing the device and the seeds a run derives from its config."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from instil.errors import InstilError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InstilError(f"device '{name}': not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InstilError(f"device '{name}': CUDA is not available here; use --set device=cpu")
+    return device
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (Python's hash() differs between processes)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

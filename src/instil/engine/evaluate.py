@@ -1,0 +1,18 @@
+"""Predictions of a model over a part of a data set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from instil.data.loaders import Batches
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> torch.Tensor:
+    """Arg-max predictions in data order, on the CPU; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    preds = [model(x).argmax(1) for x, _ in batches.epoch(0)]
+    model.train(was_training)
+    return torch.cat(preds).cpu()

@@ -1,0 +1,85 @@
+"""The one training loop, for base training and every method's phases."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from instil.config import TrainConfig
+from instil.data.loaders import Batches
+from instil.errors import InstilError
+from instil.methods.base import Method
+
+# How often (in steps) the loss is read back to the host: each read is a device sync.
+LOG_EVERY = 50
+
+OnEpoch = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    seconds: float
+    steps: int
+    last_loss: float
+
+
+def make_optimizer(module: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine decay to zero or a constant rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def check_finite(loss: torch.Tensor, where: str) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise InstilError(f"{where}: the loss became {value}; lower the learning rate "
+                          "(base.lr / phase.lr) or check the data")
+    return value
+
+
+def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
+        on_epoch: OnEpoch | None = None) -> FitResult:
+    """Trains `method.trainable()` for cfg.epochs epochs over `batches`."""
+    module = method.trainable()
+    optimizer = make_optimizer(module, cfg)
+    steps_per_epoch = len(batches)
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+    start, step, last = time.perf_counter(), 0, float("nan")
+    for epoch in range(cfg.epochs):
+        module.train()
+        running = None
+        for x, y in batches.epoch(epoch):
+            loss = method.loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            method.after_step(step)
+            running = loss.detach() if running is None else running + loss.detach()
+            step += 1
+            if step % LOG_EVERY == 0:
+                check_finite(loss, where)
+        last = check_finite(running / steps_per_epoch, f"{where}, epoch {epoch + 1}")
+        method.end_epoch(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, last)
+    method.end_phase()
+    return FitResult(time.perf_counter() - start, step, last)

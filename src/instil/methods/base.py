@@ -1,0 +1,82 @@
+"""The interface through which a learning method plugs into the engine.
+
+A method says what its loss is on a batch and what happens around steps, epochs and phases.
+The engine owns everything else: the device, batches, backward, the optimiser, the learning
+rate schedule, mixed precision and evaluation. So a method never calls `backward()` or
+`optimizer.step()`, and never moves tensors between devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from instil.config import TrainConfig
+from instil.data.split import IILSplit
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For methods without options of their own."""
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    phase: int  # 0 is base training, 1..n_phases the incremental phases
+    n_phases: int
+    new_model: Callable[[], nn.Module]  # a freshly initialised model, already on the device
+
+
+class Method:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    uses_old_data: ClassVar[bool] = False
+    options_type: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.options_type()
+
+    # What the engine asks before a phase.
+    def runs_phase(self, phase: int, n_phases: int) -> bool:
+        return True
+
+    def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
+        """The samples this phase may train on: by default only the new data D(t)."""
+        return split.part(phase)
+
+    def budget(self, base: TrainConfig, phase: TrainConfig) -> TrainConfig:
+        return phase
+
+    # The phase itself.
+    def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
+        raise NotImplementedError
+
+    def trainable(self) -> nn.Module:
+        """The module whose parameters the engine optimises (and puts in train mode)."""
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimiser step (`step` counts from 0 within the phase)."""
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called after each epoch (`epoch` counts from 0 within the phase)."""
+
+    def end_phase(self) -> None:
+        """Called once the last epoch has ended, before evaluation."""
+
+    def deployed(self) -> nn.Module:
+        """The model M(t) that the phase yields and that is evaluated."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.trainable().state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainable().load_state_dict(state["model"])

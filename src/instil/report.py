@@ -1,0 +1,92 @@
+"""Summaries of a run: per-method means with 95% intervals, tables for the terminal and docs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from instil.metrics import mean_ci95
+
+METRICS = ("acc_test", "pp", "acc_base", "f", "f_rel", "nfr")
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method, over its order seeds, of the metrics after its last phase."""
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method and r["phases"]]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"method": method, "n_orders": len(mine),
+                               "uses_old_data": mine[0]["uses_old_data"],
+                               "final_phase": mine[0]["phases"][-1]["phase"],
+                               "parameters": mine[0]["parameters"]}
+        for key in METRICS:
+            row[f"{key}_mean"], row[f"{key}_ci95"] = mean_ci95(
+                [r["phases"][-1][key] for r in mine])
+        row["train_seconds_mean"], _ = mean_ci95(
+            [sum(p["train_seconds"] for p in r["phases"]) for r in mine])
+        rows.append(row)
+    return rows
+
+
+def per_phase(runs: list[dict[str, Any]], method: str, key: str
+              ) -> list[tuple[int, float, float]]:
+    """(phase, mean, ci95) of one metric for every phase the method ran, across order seeds."""
+    mine = [r for r in runs if r["method"] == method]
+    phases = sorted({p["phase"] for r in mine for p in r["phases"]})
+    out = []
+    for t in phases:
+        values = [p[key] for r in mine for p in r["phases"] if p["phase"] == t]
+        mean, ci = mean_ci95(values)
+        out.append((t, mean, ci))
+    return out
+
+
+def fmt(mean: float, ci: float) -> str:
+    return f"{mean:.2f}" if math.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
+
+
+def base_line(runs: list[dict[str, Any]]) -> str:
+    seen = {r["order_seed"]: r["base"] for r in runs}
+    acc_test = mean_ci95([b["acc_test"] for b in seen.values()])
+    acc_base = mean_ci95([b["acc_base"] for b in seen.values()])
+    return (f"M(0) over {len(seen)} order seed(s): acc_test {fmt(*acc_test)}, "
+            f"acc_base {fmt(*acc_base)}")
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| method | old data | phase | acc_test | pp | f | f_rel | nfr | train s |\n"
+              "|---|---|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r['method']} | {'yes' if r['uses_old_data'] else 'no'} | {r['final_phase']} | "
+        f"{fmt(r['acc_test_mean'], r['acc_test_ci95'])} | {fmt(r['pp_mean'], r['pp_ci95'])} | "
+        f"{fmt(r['f_mean'], r['f_ci95'])} | {fmt(r['f_rel_mean'], r['f_rel_ci95'])} | "
+        f"{fmt(r['nfr_mean'], r['nfr_ci95'])} | {r['train_seconds_mean']:.1f} |"
+        for r in rows]
+    return header + "\n".join(lines) + "\n"
+
+
+def phase_table(runs: list[dict[str, Any]], methods: list[str]) -> str:
+    """acc_test / pp / f per phase, one row per phase, three columns per method."""
+    head = "| phase | " + " | ".join(f"{m} acc_test | {m} pp | {m} f" for m in methods) + " |\n"
+    head += "|---" * (1 + 3 * len(methods)) + "|\n"
+    series = {(m, k): {t: (mean, ci) for t, mean, ci in per_phase(runs, m, k)}
+              for m in methods for k in ("acc_test", "pp", "f")}
+    phases = sorted({t for s in series.values() for t in s})
+    lines = []
+    for t in phases:
+        cells = [fmt(*series[(m, k)][t]) if t in series[(m, k)] else "–"
+                 for m in methods for k in ("acc_test", "pp", "f")]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def summary_markdown(config_name: str, runs: list[dict[str, Any]],
+                     rows: list[dict[str, Any]]) -> str:
+    methods = [r["method"] for r in rows]
+    return (f"# {config_name}\n\n{base_line(runs)}\n\n"
+            "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
+            f"{summary_table(rows)}\n"
+            "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
+            f"## Per phase\n\n{phase_table(runs, methods)}")

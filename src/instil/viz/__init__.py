@@ -1,0 +1,1 @@
+"""Figures: learning curves, dusted images, decision boundaries."""

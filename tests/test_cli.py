@@ -1,0 +1,191 @@
+"""The command line end to end on tiny synthetic data, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instil.cli import main
+from tests.conftest import write_fmnist
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_toy_protocol_end_to_end(tmp_path: Path, toy_args: list[str],
+                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    code = main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| finetune |" in printed and "| joint |" in printed
+    for name in ("config.yaml", "manifest-0.json", "manifest-1.json", "results.json",
+                 "summary.md", "curves.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True
+    assert results["config"]["n_phases"] == 3
+    runs = {(r["method"], r["order_seed"]): r for r in results["runs"]}
+    assert set(runs) == {("finetune", 0), ("finetune", 1), ("joint", 0), ("joint", 1)}
+    assert [p["phase"] for p in runs[("finetune", 0)]["phases"]] == [1, 2, 3]
+    # Joint retrains only after the last phase by default, and says it used old data.
+    assert [p["phase"] for p in runs[("joint", 0)]["phases"]] == [3]
+    assert runs[("joint", 0)]["uses_old_data"] and not runs[("finetune", 0)]["uses_old_data"]
+    assert runs[("joint", 0)]["phases"][0]["n_train"] == 600
+    phase = runs[("finetune", 1)]["phases"][-1]
+    for key in ("acc_test", "pp", "acc_base", "f", "f_rel", "nfr", "train_seconds"):
+        assert isinstance(phase[key], float)
+    base = runs[("finetune", 1)]["base"]
+    assert phase["pp"] == pytest.approx(phase["acc_test"] - base["acc_test"])
+    assert phase["f"] == pytest.approx(base["acc_base"] - phase["acc_base"])
+    # Both methods of a seed start from the same cached M(0).
+    assert runs[("joint", 1)]["base"] == base
+    summary = {row["method"]: row for row in results["summary"]}
+    assert summary["finetune"]["n_orders"] == 2
+    for key in ("acc_test_mean", "pp_mean", "pp_ci95", "f_mean", "f_ci95", "nfr_mean"):
+        assert key in summary["finetune"]
+    assert "| finetune | no | 3 |" in (out / "summary.md").read_text()
+
+
+def test_rerun_is_identical_and_reuses_the_cached_base(tmp_path: Path, toy_args: list[str],
+                                                       capsys: pytest.CaptureFixture) -> None:
+    results = []
+    for name in ("a", "b"):
+        assert main(["run", "configs/toy2d.yaml", "--out", str(tmp_path / name),
+                     "--no-progress", *toy_args]) == 0
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+        err = capsys.readouterr().err
+        assert ("M(0) of order seed 0 trained" in err) == (name == "a")
+    strip = [[{k: v for k, v in p.items() if k != "train_seconds"} for r in res["runs"]
+              for p in r["phases"]] for res in results]
+    assert strip[0] == strip[1]
+
+
+def test_joint_every_phase_on_request(tmp_path: Path, toy_args: list[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+                 "--set", "methods=[joint]", "--set", "order_seeds=[0]",
+                 "--set", "method_options.joint.every_phase=true"]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert [p["phase"] for p in run["phases"]] == [1, 2, 3]
+    assert [p["n_train"] for p in run["phases"]] == [400, 500, 600]
+
+
+def test_fmnist_files_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The image path (IDX files, device-resident uint8, crop and flip, the small ResNet)."""
+    root = write_fmnist(tmp_path / "fm", n_train=200, n_test=100)
+    out = tmp_path / "out"
+    code = main(["run", "configs/fmnist-quick.yaml", "--out", str(out), "--no-progress",
+                 "--set", f"data.root={root}", "--set", f"cache_dir={tmp_path / 'c'}",
+                 "--set", "device=cpu", "--set", "n_phases=2", "--set", "base.epochs=2",
+                 "--set", "phase.epochs=1", "--set", "base.batch_size=32",
+                 "--set", "phase.batch_size=32"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in results["runs"]} == {"finetune", "joint"}
+
+
+def error_of(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_unknown_set_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = error_of(["run", "configs/toy2d.yaml", "--out", str(tmp_path),
+                     "--set", "phase.epoch=3"], capsys)
+    assert "unknown config key 'phase.epoch'" in line
+
+
+def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("instil.data.fmnist.SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.delenv("INSTIL_DATA", raising=False)
+    line = error_of(["run", "configs/fmnist-quick.yaml", "--out", str(tmp_path / "o"),
+                     "--no-progress", "--set", f"data.root={tmp_path / 'absent'}"], capsys)
+    assert "absent" in line and "apt-get install" in line
+
+
+def test_truncated_idx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_fmnist(tmp_path / "fm", n_train=40, n_test=20, gz=False)
+    path = root / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    line = error_of(["run", "configs/fmnist-quick.yaml", "--out", str(tmp_path / "o"),
+                     "--no-progress", "--set", f"data.root={root}"], capsys)
+    assert "train-labels-idx1-ubyte" in line and "truncated" in line
+
+
+def write_cifar(root: Path, labels: list[int]) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    n = len(labels)
+    for name in ("train", "test"):
+        content = {b"data": np.zeros((n, 3072), np.uint8), b"fine_labels": labels,
+                   b"coarse_labels": [0] * n, b"filenames": [b"x.png"] * n,
+                   b"batch_label": b"batch"}
+        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+    meta = {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def test_cifar_label_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_cifar(tmp_path / "c", [1, 5, 100, 3])
+    line = error_of(["run", "configs/cifar100-iil10.yaml", "--out", str(tmp_path / "o"),
+                     "--no-progress", "--set", f"data.root={root}", "--set", "device=cpu"],
+                    capsys)
+    assert "train" in line and "100" in line
+
+
+def test_unreadable_image_in_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"not an image at all")
+    line = error_of(["run", "configs/toy2d.yaml", "--out", str(tmp_path / "o"), "--no-progress",
+                     "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}",
+                     "--set", "data.options={}",
+                     "--set", "model.name=resnet18"], capsys)
+    assert "broken.png" in line
+
+
+def test_error_has_no_traceback_in_a_real_process(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "instil", "run", "configs/toy2d.yaml",
+                           "--out", str(tmp_path), "--set", "base.nope=1"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        proc.stderr.strip()] and "base.nope" in proc.stderr
+
+
+def test_unwritable_output_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 toy_args: list[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = error_of(["run", "configs/toy2d.yaml", "--out", str(blocker / "sub"),
+                     "--no-progress", *toy_args], capsys)
+    assert "cannot write the output folder" in line
+
+
+def test_list_shows_registries(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fmnist", "cifar100", "imagenet100", "imagefolder", "toy2d", "resnet_small",
+                 "resnet18_cifar", "resnet50", "mlp", "finetune", "joint", "fmnist-iil10"):
+        assert name in out

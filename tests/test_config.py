@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from instil.config import load_config
+from instil.errors import InstilError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_presets_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.name == path.stem
+    assert config.methods and config.order_seeds
+
+
+def test_overrides_by_dotted_path_are_typed(tmp_path: Path) -> None:
+    config = load_config(None, ["phase.epochs=3", "base.lr=1", "order_seeds=[0, 2]",
+                                "data.root=/x", "data.options.drift_degrees=30"])
+    assert config.phase.epochs == 3
+    assert config.base.lr == 1.0 and isinstance(config.base.lr, float)
+    assert config.order_seeds == [0, 2]
+    assert config.data.root == "/x"
+    assert config.data.options == {"drift_degrees": 30}
+
+
+@pytest.mark.parametrize("item,message", [
+    ("phase.epoch=3", "unknown config key 'phase.epoch'"),
+    ("nonsense=1", "unknown config key 'nonsense'"),
+    ("phase.epochs=many", "'phase.epochs' must be int"),
+    ("phase", "expected key=value"),
+])
+def test_bad_overrides(item: str, message: str) -> None:
+    with pytest.raises(InstilError, match=message):
+        load_config(None, [item])
+
+
+def test_unknown_key_in_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base:\n  epochs: 2\n  lr_max: 3\n")
+    with pytest.raises(InstilError, match="unknown config key 'base.lr_max'"):
+        load_config(path)
+
+
+def test_nested_keys_not_given_keep_the_parent_default() -> None:
+    config = load_config(None, ["phase.epochs=3"])
+    assert config.phase.lr == 0.01  # Config's phase default, not TrainConfig's 0.1
+    assert config.base.lr == 0.1
+
+
+def test_invalid_values_are_refused() -> None:
+    with pytest.raises(InstilError, match="schedule 'linear'"):
+        load_config(None, ["base.schedule=linear"])
+    with pytest.raises(InstilError, match="lr=0.0"):
+        load_config(None, ["phase.lr=0"])
