@@ -1,0 +1,61 @@
+"""Making Fashion-MNIST available on a fresh machine, the first step of `make run`.
+
+In order: files already present; Debian's package `dataset-fashion-mnist` where apt-get
+exists and we are root; torchvision's downloader into the data folder. When none of these
+can work the error says what to do by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from instil.data import fmnist
+from instil.errors import InstilError
+
+
+def present(root: Path) -> Path | None:
+    try:
+        return fmnist.locate(root)
+    except InstilError:
+        return None
+
+
+def apt_install() -> bool:
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return False
+    for cmd in (["apt-get", "install", "-y", "dataset-fashion-mnist"],
+                ["apt-get", "update"],
+                ["apt-get", "install", "-y", "dataset-fashion-mnist"]):
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if done.returncode == 0 and cmd[1] == "install":
+            return True
+    return False
+
+
+def torchvision_download(root: Path) -> bool:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        for train in (True, False):
+            FashionMNIST(root=str(root), train=train, download=True)
+    except Exception:  # any network or disk failure means this route cannot work here
+        return False
+    return True
+
+
+def ensure_fmnist(root: Path) -> Path:
+    """Returns the folder holding the IDX files, installing or downloading them if needed."""
+    found = present(root)
+    if found is None and apt_install():
+        found = present(root)
+    if found is None and torchvision_download(root):
+        found = present(root)
+    if found is None:
+        raise InstilError(
+            "Fashion-MNIST is not on this machine and could not be installed: run "
+            "'apt-get install -y dataset-fashion-mnist' as root, or put the four IDX files "
+            f"(train-images-idx3-ubyte.gz, ...) into {root}")
+    return found

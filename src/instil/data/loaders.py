@@ -1,0 +1,176 @@
+"""Batches for training and evaluation, on the device, normalised.
+
+Tensor data sets (Fashion-MNIST, CIFAR, the toy set) are moved to the device once and cut
+and augmented there in whole batches. File data sets (ImageNet, image folders) stream
+through a DataLoader with workers that decode and resize to uint8; the device normalises.
+Either way a batch arrives as (float images normalised, int64 labels) on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from instil.config import DataConfig
+from instil.data.augment import random_crop, random_flip
+from instil.data.base import DataBundle, Samples
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Batches(Protocol):
+    def __len__(self) -> int: ...
+    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_size: int
+    train: bool
+    seed: int = 0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator per (seed, epoch): an epoch's order and augmentation never depend on how
+    many random numbers earlier epochs drew, so a resumed run repeats them exactly."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    # A golden-ratio multiplier spreads consecutive epochs over the whole 63-bit range.
+    return (seed ^ ((epoch + 1) * 0x9E3779B97F4A7C15)) & (2**63 - 1)
+
+
+class Normaliser:
+    def __init__(self, bundle: DataBundle, device: torch.device, channels_last: bool) -> None:
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(bundle.mean, device=device).view(shape) if bundle.mean else None
+        self.std = torch.tensor(bundle.std, device=device).view(shape) if bundle.std else None
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x.float()
+        x = x.float().div_(255)
+        if self.mean is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class TensorBatches:
+    """Batches of a device-resident tensor data set; augmentation applies to uint8 images."""
+
+    def __init__(self, data: torch.Tensor, labels: torch.Tensor, indices: np.ndarray,
+                 plan: BatchPlan, augment: DataConfig, normalise: Normaliser) -> None:
+        self.data, self.labels = data, labels
+        self.indices = torch.as_tensor(indices, dtype=torch.int64, device=data.device)
+        self.plan, self.augment, self.normalise = plan, augment, normalise
+
+    def __len__(self) -> int:
+        n, bs = len(self.indices), self.plan.batch_size
+        # Training drops the last partial batch (a batch of one breaks BatchNorm), but always
+        # keeps at least one batch so that a part smaller than a batch is still learnt.
+        return max(1, n // bs) if self.plan.train else -(-n // bs)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        g = epoch_generator(self.plan.seed, epoch)
+        order = self.indices
+        if self.plan.train:
+            order = order[torch.randperm(len(order), generator=g).to(order.device)]
+        bs = self.plan.batch_size
+        for b in range(len(self)):
+            idx = order[b * bs:(b + 1) * bs]
+            x = self.data[idx]
+            if self.plan.train and x.dtype == torch.uint8:
+                x = random_crop(x, self.augment.crop_padding, g)
+                if self.augment.flip:
+                    x = random_flip(x, g)
+            yield self.normalise(x), self.labels[idx]
+
+
+class FileImages(Dataset):
+    """Decodes, resizes and (for training) augments one image file to a uint8 tensor."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, indices: np.ndarray,
+                 image_size: int, train: bool, mode: str) -> None:
+        from torchvision.transforms import v2
+
+        self.paths, self.labels, self.indices, self.mode = paths, labels, indices, mode
+        if train:
+            steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        else:
+            steps = [v2.Resize(int(round(image_size / 0.875)), antialias=True),
+                     v2.CenterCrop(image_size)]
+        self.transform = v2.Compose([v2.PILToTensor(), *steps])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Batch:
+        from instil.data.folder import read_image
+
+        j = int(self.indices[i])
+        return self.transform(read_image(self.paths[j], self.mode)), self.labels[j]
+
+
+class FileBatches:
+    """Streams a file data set through a DataLoader with persistent, pinned workers."""
+
+    def __init__(self, samples: Samples, indices: np.ndarray, plan: BatchPlan,
+                 config: DataConfig, channels: int, device: torch.device,
+                 normalise: Normaliser) -> None:
+        mode = "L" if channels == 1 else "RGB"
+        images = FileImages(samples.paths, samples.labels, indices, config.image_size,
+                            plan.train, mode)
+        self.generator = torch.Generator()
+        self.plan, self.device, self.normalise = plan, device, normalise
+        self.loader = DataLoader(
+            images, batch_size=plan.batch_size, shuffle=plan.train, drop_last=plan.train
+            and len(images) > plan.batch_size, num_workers=config.workers,
+            pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+            generator=self.generator)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.generator.manual_seed(epoch_seed(self.plan.seed, epoch))
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            yield self.normalise(x), y.to(self.device, non_blocking=True)
+
+
+class DataSource:
+    """A data set bound to a device: makes the batches of any part of it."""
+
+    def __init__(self, bundle: DataBundle, config: DataConfig, device: torch.device,
+                 channels_last: bool) -> None:
+        self.bundle, self.config, self.device = bundle, config, device
+        images = len(bundle.input_shape) == 3
+        self.normalise = Normaliser(bundle, device, channels_last and images)
+        self._resident = {name: self._to_device(s) for name, s in
+                          (("train", bundle.train), ("test", bundle.test)) if s.resident}
+
+    def _to_device(self, samples: Samples) -> tuple[torch.Tensor, torch.Tensor]:
+        return samples.tensor.to(self.device), samples.labels.to(self.device)
+
+    def batches(self, split: str, indices: np.ndarray | None, plan: BatchPlan) -> Batches:
+        samples = getattr(self.bundle, split)
+        if indices is None:
+            indices = np.arange(len(samples))
+        if split in self._resident:
+            data, labels = self._resident[split]
+            return TensorBatches(data, labels, indices, plan, self.config, self.normalise)
+        return FileBatches(samples, indices, plan, self.config, self.bundle.input_shape[0],
+                           self.device, self.normalise)
+
+    def labels(self, split: str, indices: np.ndarray | None = None) -> torch.Tensor:
+        labels = getattr(self.bundle, split).labels
+        return labels if indices is None else labels[torch.as_tensor(indices)]
