@@ -52,7 +52,7 @@ def preset_dir() -> Path:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from instil.data import DATASETS
-    from instil.methods import METHODS
+    from instil.methods import METHODS, describe
     from instil.models import MODELS
 
     print("data sets:")
@@ -62,8 +62,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, (_, description) in sorted(MODELS.items()):
         print(f"  {name:14s} {description}")
     print("methods:")
-    for name, cls in sorted(METHODS.items()):
-        print(f"  {name:14s} {cls.description}")
+    for name in sorted(METHODS):
+        print(f"  {name:14s} {describe(name)}")
     presets = sorted(preset_dir().glob("*.yaml"))
     print(f"presets ({preset_dir()}):")
     for path in presets:

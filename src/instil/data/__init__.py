@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import inspect
+from pathlib import Path
 from typing import Any, Callable
 
 from instil.config import DataConfig

@@ -32,7 +32,7 @@ from instil.io import atomic_write_json, atomic_write_text
 from instil.methods import create_method
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
-from instil.metrics import Reference, phase_metrics, reference
+from instil.metrics import Reference, accuracy, phase_metrics, reference
 from instil.models import create_model
 from instil.report import summarise, summary_markdown
 from instil.viz.curves import plot_curves
@@ -83,7 +83,10 @@ def prepare_output(out: Path) -> None:
 
 def create_methods(config: Config) -> list[Method]:
     """Builds every method up front, so a typo in a name or option fails before training."""
-    return [create_method(name, config.method_options.get(name)) for name in config.methods]
+    methods = [create_method(name, config.method_options.get(name)) for name in config.methods]
+    for method in methods:
+        method.check_budget(method.budget(config.base, config.phase))
+    return methods
 
 
 def planned_epochs(config: Config, methods: list[Method]) -> int:
@@ -150,17 +153,22 @@ def run_method(session: Session, method: Method, split: IILSplit, m0: nn.Module,
     for t in range(1, config.n_phases + 1):
         if not method.runs_phase(t, config.n_phases):
             continue
-        seconds = train_phase(session, method, split, t, previous, method.name,
+        seconds = train_phase(session, method, split, t, previous, method.label,
                               method.budget(config.base, config.phase))
         previous = method.deployed()
         metrics = phase_metrics(ref, session.predict(previous, "test", None), test_labels,
                                 session.predict(previous, "train", base_idx), base_labels)
+        for name, model in method.also_evaluated().items():
+            metrics[f"{name}_acc_test"] = accuracy(session.predict(model, "test", None),
+                                                   test_labels)
+            metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
+                                                   base_labels)
         phases.append({"phase": t, **metrics, "train_seconds": seconds,
                        "n_train": len(method.train_indices(split, t))})
-        session.log(f"{method.name} order seed {split.order_seed} phase {t}: acc_test "
+        session.log(f"{method.label} order seed {split.order_seed} phase {t}: acc_test "
                     f"{metrics['acc_test']:.2f} pp {metrics['pp']:+.2f} f {metrics['f']:+.2f} "
                     f"nfr {metrics['nfr']:.2f} ({seconds:.1f} s)")
-    return {"method": method.name, "order_seed": split.order_seed,
+    return {"method": method.label, "order_seed": split.order_seed,
             "uses_old_data": method.uses_old_data,
             "parameters": sum(p.numel() for p in previous.parameters()),
             "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base},

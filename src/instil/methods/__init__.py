@@ -1,4 +1,4 @@
-"""Learning methods by name, one file each."""
+"""Learning methods by name, one file each; variants are a method with some options fixed."""
 
 from __future__ import annotations
 
@@ -8,27 +8,45 @@ from instil.config import from_dict
 from instil.errors import InstilError
 from instil.methods.base import Method
 
-METHODS: dict[str, type[Method]] = {}
+# name -> (class, options fixed by the name); a plain method fixes none.
+METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
+    METHODS[cls.name] = (cls, {})
     return cls
 
 
-def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        known = ", ".join(sorted(METHODS))
-        raise InstilError(f"unknown method '{name}' (methods); known: {known}")
-    return METHODS[name]
+def register_variant(name: str, cls: type[Method], **fixed: Any) -> None:
+    """A named preset of a method, e.g. an ablation: `dbd-nofl` is dbd with fl=False."""
+    METHODS[name] = (cls, fixed)
+
+
+def describe(name: str) -> str:
+    cls, fixed = METHODS[name]
+    if not fixed:
+        return cls.description
+    return f"{cls.name} with " + ", ".join(f"{k}={v}" for k, v in fixed.items())
 
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
-    cls = method_class(name)
-    return cls(from_dict(cls.options_type, options or {}, f"method_options.{name}"))
+    """Builds method `name`; `options` (method_options.<name>) may not contradict its preset."""
+    if name not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        raise InstilError(f"unknown method '{name}' (methods); known: {known}")
+    cls, fixed = METHODS[name]
+    options = dict(options or {})
+    clash = [k for k in fixed if k in options and options[k] != fixed[k]]
+    if clash:
+        raise InstilError(f"method_options.{name}.{clash[0]}: '{name}' fixes it to "
+                          f"{fixed[clash[0]]}; use method '{cls.name}' to choose it")
+    method = cls(from_dict(cls.options_type, {**options, **fixed}, f"method_options.{name}"))
+    method.label = name
+    return method
 
 
 # Importing the modules registers their methods.
-from instil.methods import finetune, joint  # noqa: E402,F401
+from instil.methods import dbd, finetune, joint  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "create_method", "method_class", "register_method"]
+__all__ = ["METHODS", "Method", "create_method", "describe", "register_method",
+           "register_variant"]

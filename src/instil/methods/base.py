@@ -39,6 +39,10 @@ class Method:
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.options_type()
+        self.label = self.name  # the registered name it was created under (a variant's)
+
+    def check_budget(self, budget: TrainConfig) -> None:
+        """Refuses, before any training, a budget the method cannot work with."""
 
     # What the engine asks before a phase.
     def runs_phase(self, phase: int, n_phases: int) -> bool:
@@ -74,6 +78,10 @@ class Method:
     def deployed(self) -> nn.Module:
         """The model M(t) that the phase yields and that is evaluated."""
         raise NotImplementedError
+
+    def also_evaluated(self) -> dict[str, nn.Module]:
+        """Other models whose accuracy is reported beside the deployed one's, by name."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.trainable().state_dict()}

@@ -21,7 +21,7 @@ class Finetune(Method):
     description = "cross-entropy on D(t) from M(t-1)"
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
-        self.model = copy.deepcopy(previous)
+        self.model = copy.deepcopy(previous).requires_grad_(True)
 
     def trainable(self) -> nn.Module:
         return self.model

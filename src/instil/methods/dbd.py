@@ -1,0 +1,202 @@
+"""Decision boundary-aware distillation (DBD) with knowledge consolidation, METHOD.md §2.
+
+Nie et al., "Decision Boundary-aware Knowledge Consolidation Generates Better
+Instance-Incremental Learner", arXiv 2406.03065 (2024). A teacher T (the previous model,
+frozen, always in eval mode) and a student S (its copy, trained):
+
+- fused labels (FL): the one-hot label fused with the teacher's softened prediction,
+  weighted λ_out for outer samples (teacher wrong) and λ_in for inner ones (teacher right);
+- dusted inputs (DIS): strong Gaussian noise moves samples towards the old decision
+  boundary, where the student distils the teacher's prediction; both normalise a dusted batch
+  with its own statistics and leave their running statistics untouched;
+- knowledge consolidation (KC-EMA): after a freezing period the student flows back into the
+  teacher by an exponential moving average; the teacher is the deployed model.
+
+Each part is a small function below so that it can be checked against METHOD.md and tested
+alone. Defaults marked "paper" are the paper's; the others are this project's starting
+points, to be replaced by the tuned values of docs/tuning.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instil.config import TrainConfig
+from instil.errors import InstilError
+from instil.methods import register_method, register_variant
+from instil.methods.base import Method, PhaseContext
+
+
+@dataclass(frozen=True)
+class DBDOptions:
+    fl: bool = True  # fused labels; off: plain one-hot cross-entropy
+    dis: bool = True  # distillation on dusted inputs
+    kc: bool = True  # KC-EMA into the teacher, which is deployed; off: the student is deployed
+    lambda_in: float = 1.0  # weight of the one-hot label for inner samples
+    lambda_out: float = 1.0  # ... for outer samples; >= 1 keeps the label the arg-max
+    tau: float = 1.0  # temperature; τ = 2 cost ~0.4 points in the prototype (METHOD.md §2.4)
+    sigma: float = 1.0  # dusting noise, in normalised input units (METHOD.md §2.3)
+    beta: float = 1.0  # weight of L_DIS
+    alpha: float = 0.9  # EMA keep-rate of the teacher
+    freeze_epochs: int = 10  # paper: E_f = 10
+    ema_every: int = 0  # consolidate every k steps; 0 = at the end of each epoch
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise InstilError(f"method_options.dbd.alpha={self.alpha}: must lie in [0, 1]")
+        if self.tau <= 0 or self.sigma < 0 or self.beta < 0:
+            raise InstilError("method_options.dbd: tau must be positive, sigma and beta >= 0")
+        if self.lambda_in < 0 or self.lambda_out < 0 or self.freeze_epochs < 0:
+            raise InstilError("method_options.dbd: lambdas and freeze_epochs must be >= 0")
+
+
+def inner_mask(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """True for inner samples: the teacher's arg-max is the label (inside the old boundary)."""
+    return teacher_logits.argmax(1) == labels
+
+
+def fused_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, lambda_in: float,
+                 lambda_out: float, tau: float) -> torch.Tensor:
+    """ŷ = (σ(z/τ) + λ·e_y) / (1 + λ), λ = λ_in for inner and λ_out for outer samples."""
+    p = F.softmax(teacher_logits / tau, dim=1)
+    onehot = F.one_hot(labels, p.shape[1]).to(p.dtype)
+    lam = torch.where(inner_mask(teacher_logits, labels), lambda_in, lambda_out)
+    lam = lam.to(p.dtype)[:, None]
+    return (p + lam * onehot) / (1 + lam)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, target: torch.Tensor,
+                       tau: float) -> torch.Tensor:
+    """τ² · CE(target, σ(S(x)/τ)), averaged over the batch."""
+    log_q = F.log_softmax(student_logits / tau, dim=1)
+    return tau * tau * -(target * log_q).sum(1).mean()
+
+
+def dust(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x̃ = x + σ·ε with fresh ε ~ N(0, I), in the normalised input space."""
+    return x + sigma * torch.randn_like(x)
+
+
+def distillation_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                    tau: float) -> torch.Tensor:
+    """τ² · KL(σ(T/τ) ‖ σ(S/τ)), averaged over the batch."""
+    log_p = F.log_softmax(teacher_logits / tau, dim=1)
+    log_q = F.log_softmax(student_logits / tau, dim=1)
+    return tau * tau * (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Every BatchNorm of `model` normalises with the current batch's statistics and leaves
+    its running statistics (and its batch counter) as they were. METHOD.md §2.3 found this
+    necessary for dusted batches: polluted running statistics would reach the teacher
+    through the EMA, and mixing batch statistics in one model with running ones in the
+    other makes L_DIS non-zero at S = T."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.train()
+        m.track_running_stats = False  # batch statistics, and no update of the running ones
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.train(training)
+            m.track_running_stats = track
+
+
+def ema_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Parameters and floating-point buffers (BatchNorm's running mean and variance)."""
+    return [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+
+
+@torch.no_grad()
+def consolidate(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
+    """θ_T ← α·θ_T + (1 − α)·θ_S, in place, over parameters and floating-point buffers."""
+    torch._foreach_lerp_(ema_tensors(teacher), ema_tensors(student), 1.0 - alpha)
+
+
+@register_method
+class DBD(Method):
+    name = "dbd"
+    description = "decision boundary-aware distillation with KC-EMA (the paper's method)"
+    options_type = DBDOptions
+
+    def check_budget(self, budget: TrainConfig) -> None:
+        if self.options.kc and budget.epochs <= self.options.freeze_epochs:
+            raise InstilError(
+                f"{self.label}: phase.epochs={budget.epochs} does not exceed freeze_epochs="
+                f"{self.options.freeze_epochs}, so nothing would be consolidated; raise "
+                f"phase.epochs or lower method_options.{self.label}.freeze_epochs")
+
+    def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
+        self.teacher = copy.deepcopy(previous).eval().requires_grad_(False)
+        self.student = copy.deepcopy(previous).requires_grad_(True)
+        self.epochs_done = 0
+
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        student_logits = self.student(x)
+        if o.fl:
+            target = fused_labels(teacher_logits, y, o.lambda_in, o.lambda_out, o.tau)
+            loss = soft_cross_entropy(student_logits, target, o.tau)
+        else:
+            loss = F.cross_entropy(student_logits, y)
+        if o.dis and o.beta > 0:
+            loss = loss + o.beta * self.dusted_loss(x)
+        return loss
+
+    def dusted_loss(self, x: torch.Tensor) -> torch.Tensor:
+        x_dust = dust(x, self.options.sigma)
+        with torch.no_grad(), batch_statistics(self.teacher):
+            teacher_logits = self.teacher(x_dust)
+        with batch_statistics(self.student):
+            student_logits = self.student(x_dust)
+        return distillation_kl(teacher_logits, student_logits, self.options.tau)
+
+    def consolidating(self) -> bool:
+        return self.options.kc and self.epochs_done >= self.options.freeze_epochs
+
+    def after_step(self, step: int) -> None:
+        k = self.options.ema_every
+        if k and self.consolidating() and (step + 1) % k == 0:
+            consolidate(self.teacher, self.student, self.options.alpha)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.epochs_done = epoch + 1
+        # The epoch that ends the freezing period is the first to consolidate.
+        if not self.options.ema_every and self.consolidating():
+            consolidate(self.teacher, self.student, self.options.alpha)
+
+    def deployed(self) -> nn.Module:
+        return self.teacher if self.options.kc else self.student
+
+    def also_evaluated(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def state_dict(self) -> dict:
+        return {"teacher": self.teacher.state_dict(), "student": self.student.state_dict(),
+                "epochs_done": self.epochs_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.student.load_state_dict(state["student"])
+        self.epochs_done = state["epochs_done"]
+
+
+register_variant("dbd-nofl", DBD, fl=False)
+register_variant("dbd-nodis", DBD, dis=False)
+register_variant("dbd-nokc", DBD, kc=False)
+register_variant("dbd-dis-only", DBD, fl=False, kc=False)
