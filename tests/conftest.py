@@ -45,6 +45,7 @@ def fmnist_dir(tmp_path: Path) -> Path:
 
 TOY_SETS = [
     "data.name=toy2d",
+    "methods=[finetune, joint]",
     "data.options={n_train: 600, n_test: 300}",
     "model.name=mlp",
     "device=cpu",

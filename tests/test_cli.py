@@ -189,3 +189,54 @@ def test_list_shows_registries(capsys: pytest.CaptureFixture) -> None:
     for name in ("fmnist", "cifar100", "imagenet100", "imagefolder", "toy2d", "resnet_small",
                  "resnet18_cifar", "resnet50", "mlp", "finetune", "joint", "fmnist-iil10"):
         assert name in out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_folder_streams_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         workers: int) -> None:
+    """The file path: PNGs decoded by DataLoader workers, normalised on the device."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for k, cls in enumerate(("red", "green")):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
+                pixels[..., k] += 180
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress",
+                 "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}",
+                 "--set", "data.options={}", "--set", "data.image_size=16",
+                 "--set", f"data.workers={workers}", "--set", "model.name=resnet_small",
+                 "--set", "model.options={widths: [4, 8, 8]}", "--set", "order_seeds=[0]",
+                 "--set", "methods=[finetune]", "--set", "n_phases=2", "--set", "base.epochs=2",
+                 "--set", "phase.epochs=1",
+                 "--set", "base.batch_size=4", "--set", "phase.batch_size=4",
+                 "--set", f"cache_dir={tmp_path / 'c'}"])
+    assert code == 0, capsys.readouterr().err
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [p["n_train"] for p in runs[0]["phases"]] == [6, 6]
+
+
+def test_tuning_scores_the_validation_slice_not_the_test_set(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import instil.engine.protocol as protocol
+
+    asked = []
+    original = protocol.Session.predict
+
+    def spy(self, model, split, indices):
+        asked.append(split)
+        return original(self, model, split, indices)
+
+    monkeypatch.setattr(protocol.Session, "predict", spy)
+    out = tmp_path / "out"
+    assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+                 "--set", "validation_fraction=0.2", "--set", "methods=[finetune]"]) == 0
+    assert asked and set(asked) == {"train"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["acc_test_on"] == "validation"
+    assert json.loads((out / "manifest-0.json").read_text())["sizes"]["validation"] == 120

@@ -21,6 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="override a config key by dotted path (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("list", help="list data sets, models, methods and presets")
+    dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
+    dust.add_argument("config", type=Path)
+    dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
+    dust.add_argument("--sigmas", default="0,0.5,1,2,3",
+                      help="noise levels, comma-separated (default 0,0.5,1,2,3)")
+    dust.add_argument("--images", type=int, default=6, help="rows: one test image per class")
+    boundary = sub.add_parser("boundary", help="figure: decision regions on the 2-D toy set")
+    boundary.add_argument("config", type=Path, nargs="?", default=Path("configs/toy2d.yaml"))
+    boundary.add_argument("--out", type=Path, default=Path("runs/boundary/boundary.png"),
+                          help="PNG file")
+    for figure in (dust, boundary):
+        figure.add_argument("--set", dest="overrides", action="append", default=[],
+                            metavar="KEY=VALUE", help="override a config key (repeatable)")
+        figure.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch = sub.add_parser("fetch", help="make a data set available (fmnist)")
     fetch.add_argument("dataset", choices=["fmnist"])
     fetch.add_argument("--root", type=Path, default=Path("data"),
@@ -29,13 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from instil.config import load_config
     from instil.engine.protocol import run_protocol
     from instil.report import base_line, summary_table
 
-    config = load_config(args.config, args.overrides)
-    if config.name == "custom":
-        config = dataclasses.replace(config, name=args.config.stem)
+    config = load_named(args)
     out = args.out or Path("runs") / config.name
     results = run_protocol(config, out, show_progress=not args.no_progress)
     print(base_line(results["runs"]))
@@ -71,6 +82,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_named(args: argparse.Namespace):
+    from instil.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if config.name == "custom":
+        config = dataclasses.replace(config, name=args.config.stem)
+    return config
+
+
+def cmd_dust(args: argparse.Namespace) -> int:
+    from instil.viz.dust import dust_figure
+
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")]
+    except ValueError:
+        raise InstilError(f"--sigmas {args.sigmas!r}: expected numbers like 0,0.5,1,2") from None
+    dust_figure(load_named(args), args.out, sigmas, args.images, not args.no_progress)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_boundary(args: argparse.Namespace) -> int:
+    from instil.viz.boundary import boundary_figure
+
+    accuracy = boundary_figure(load_named(args), args.out, not args.no_progress)
+    print(", ".join(f"{k}: {v:.1f}%" for k, v in accuracy.items()))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from instil.data.fetch import ensure_fmnist
 
@@ -78,7 +119,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
+            "boundary": cmd_boundary}
 
 
 def one_line(error: BaseException) -> str:

@@ -66,6 +66,9 @@ class Config:
     order_seeds: list[int] = field(default_factory=lambda: [0])
     n_phases: int = 10
     base_fraction: float = 0.5
+    # > 0 holds this fraction of the training set out of every part and reports its accuracy
+    # in place of the test set's: for tuning, which must never see the test set.
+    validation_fraction: float = 0.0
     device: str = "auto"
     # Seeds weight initialisation, shuffling and augmentation; the order seed seeds the split.
     seed: int = 0

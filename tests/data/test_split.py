@@ -73,3 +73,17 @@ def test_bad_fractions_are_refused() -> None:
         make_split(100, 0, 1.0, 3, "f")
     with pytest.raises(InstilError, match="n_phases"):
         make_split(10, 0, 0.5, 6, "f")
+
+
+def test_validation_slice_is_held_out_of_every_part(tmp_path: Path) -> None:
+    plain = make_split(1000, 0, 0.5, 5, "f")
+    held = make_split(1000, 0, 0.5, 5, "f", validation_fraction=0.1)
+    assert len(held.validation) == 100 and len(plain.validation) == 0
+    parts = np.concatenate([held.base, *held.phases])
+    assert len(parts) == 900 and not np.isin(held.validation, parts).any()
+    assert len(held.base) == 450
+    prepare_split(tmp_path, 1000, 0, 0.5, 5, "f", validation_fraction=0.1)
+    reloaded = load_manifest(manifest_path(tmp_path, 0))
+    assert np.array_equal(reloaded.validation, held.validation)
+    with pytest.raises(InstilError, match="validation_fraction=0.1"):
+        prepare_split(tmp_path, 1000, 0, 0.5, 5, "f")

@@ -199,8 +199,7 @@ VARIANTS = ["dbd", "dbd-nofl", "dbd-nodis", "dbd-nokc", "dbd-dis-only"]
 def test_every_variant_runs_two_phases_through_the_cli(tmp_path: Path,
                                                        toy_args: list[str]) -> None:
     out = tmp_path / "out"
-    options = [f"method_options.{v}={{freeze_epochs: 1}}" for v in VARIANTS]
-    args = [a for o in options for a in ("--set", o)]
+    args = ["--set", "method_options.dbd={freeze_epochs: 1}"]
     assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
                  "--set", "n_phases=2", "--set", "order_seeds=[0]",
                  "--set", f"methods={VARIANTS}", *args]) == 0
@@ -209,3 +208,15 @@ def test_every_variant_runs_two_phases_through_the_cli(tmp_path: Path,
     for run in runs:
         assert [p["phase"] for p in run["phases"]] == [1, 2]
         assert {"student_acc_test", "student_acc_base"} <= set(run["phases"][0])
+
+
+def test_variants_inherit_the_parent_options_except_their_switches() -> None:
+    from instil.config import load_config
+    from instil.engine.protocol import method_for
+
+    config = load_config(None, ["method_options.dbd={sigma: 0.5, fl: true}",
+                                "method_options.dbd-nokc={beta: 2.0}"])
+    nofl = method_for(config, "dbd-nofl")
+    assert nofl.options.sigma == 0.5 and nofl.options.fl is False
+    nokc = method_for(config, "dbd-nokc")
+    assert (nokc.options.sigma, nokc.options.beta, nokc.options.kc) == (0.5, 2.0, False)

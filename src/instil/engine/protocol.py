@@ -7,9 +7,11 @@ summary.md and curves.png.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from instil.engine.evaluate import predict
 from instil.engine.fit import fit
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
-from instil.methods import create_method
+from instil.methods import METHODS, create_method
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
@@ -68,6 +70,16 @@ class Session:
     def predict(self, model: nn.Module, split: str, indices: np.ndarray | None) -> torch.Tensor:
         return predict(model, self.source.batches(split, indices, self.eval_plan()))
 
+    def eval_part(self, split: IILSplit) -> tuple[str, np.ndarray | None]:
+        """What acc_test is measured on: the test set, or the validation slice when tuning."""
+        return ("train", split.validation) if len(split.validation) else ("test", None)
+
+    def predict_eval(self, model: nn.Module, split: IILSplit) -> torch.Tensor:
+        return self.predict(model, *self.eval_part(split))
+
+    def eval_labels(self, split: IILSplit) -> torch.Tensor:
+        return self.source.labels(*self.eval_part(split))
+
 
 def prepare_output(out: Path) -> None:
     """Fails before any training when the output folder cannot be written."""
@@ -83,10 +95,21 @@ def prepare_output(out: Path) -> None:
 
 def create_methods(config: Config) -> list[Method]:
     """Builds every method up front, so a typo in a name or option fails before training."""
-    methods = [create_method(name, config.method_options.get(name)) for name in config.methods]
+    methods = [method_for(config, name) for name in config.methods]
     for method in methods:
         method.check_budget(method.budget(config.base, config.phase))
     return methods
+
+
+def method_for(config: Config, name: str) -> Method:
+    """A variant takes its parent's options (method_options.dbd for dbd-nofl), then its own."""
+    own = config.method_options.get(name, {})
+    if name not in METHODS or METHODS[name][0].name == name:
+        return create_method(name, own)
+    cls, fixed = METHODS[name]
+    inherited = {k: v for k, v in config.method_options.get(cls.name, {}).items()
+                 if k not in fixed}
+    return create_method(name, {**inherited, **own})
 
 
 def planned_epochs(config: Config, methods: list[Method]) -> int:
@@ -142,13 +165,14 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
     return model
 
 
-def run_method(session: Session, method: Method, split: IILSplit, m0: nn.Module,
-               ref: Reference) -> dict[str, Any]:
-    config = session.config
+def run_method(session: Session, method: Method, start: SeedStart
+               ) -> tuple[dict[str, Any], nn.Module]:
+    """Every phase of `method` from M(0); returns its record and its last deployed model."""
+    config, split, ref = session.config, start.split, start.ref
     base_idx = split.part(0)
-    test_labels = session.source.labels("test")
+    test_labels = session.eval_labels(split)
     base_labels = session.source.labels("train", base_idx)
-    previous = copy.deepcopy(m0)
+    previous = copy.deepcopy(start.m0)
     phases = []
     for t in range(1, config.n_phases + 1):
         if not method.runs_phase(t, config.n_phases):
@@ -156,10 +180,10 @@ def run_method(session: Session, method: Method, split: IILSplit, m0: nn.Module,
         seconds = train_phase(session, method, split, t, previous, method.label,
                               method.budget(config.base, config.phase))
         previous = method.deployed()
-        metrics = phase_metrics(ref, session.predict(previous, "test", None), test_labels,
+        metrics = phase_metrics(ref, session.predict_eval(previous, split), test_labels,
                                 session.predict(previous, "train", base_idx), base_labels)
         for name, model in method.also_evaluated().items():
-            metrics[f"{name}_acc_test"] = accuracy(session.predict(model, "test", None),
+            metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split),
                                                    test_labels)
             metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
                                                    base_labels)
@@ -168,17 +192,19 @@ def run_method(session: Session, method: Method, split: IILSplit, m0: nn.Module,
         session.log(f"{method.label} order seed {split.order_seed} phase {t}: acc_test "
                     f"{metrics['acc_test']:.2f} pp {metrics['pp']:+.2f} f {metrics['f']:+.2f} "
                     f"nfr {metrics['nfr']:.2f} ({seconds:.1f} s)")
-    return {"method": method.label, "order_seed": split.order_seed,
-            "uses_old_data": method.uses_old_data,
-            "parameters": sum(p.numel() for p in previous.parameters()),
-            "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base},
-            "phases": phases}
+    record = {"method": method.label, "order_seed": split.order_seed,
+              "uses_old_data": method.uses_old_data,
+              "parameters": sum(p.numel() for p in previous.parameters()),
+              "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base},
+              "phases": phases}
+    return record, previous
 
 
 def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> dict[str, Any]:
     rows = summarise(runs)
-    results = {"config": session.config.to_dict(), "complete": final, "runs": runs,
-               "summary": rows}
+    scored_on = "validation" if session.config.validation_fraction > 0 else "test"
+    results = {"config": session.config.to_dict(), "complete": final, "acc_test_on": scored_on,
+               "runs": runs, "summary": rows}
     atomic_write_json(session.out / "results.json", results)
     if final:
         atomic_write_text(session.out / "summary.md",
@@ -187,35 +213,58 @@ def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> 
     return results
 
 
-def run_protocol(config: Config, out: Path, show_progress: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SeedStart:
+    """Where every method of one order seed starts: the split, M(0) and M(0)'s scores."""
+
+    split: IILSplit
+    m0: nn.Module
+    ref: Reference
+
+
+@contextlib.contextmanager
+def open_session(config: Config, out: Path, total_epochs: int,
+                 show_progress: bool = True) -> Iterator[Session]:
+    """Checks the output folder, loads the data onto the device, opens the progress bar."""
     out = Path(out)
     device = resolve_device(config.device)
-    methods = create_methods(config)
     prepare_output(out)
     bundle = load_dataset(config.data)
     source = DataSource(bundle, config.data, device, config.channels_last)
     save_config(config, out / "config.yaml")
-    eligible = bundle.train.base_eligible
-    runs: list[dict[str, Any]] = []
     # disable=None turns the bar off when stderr is not a terminal (logs get one line a phase).
-    with tqdm(total=planned_epochs(config, methods), unit="epoch", dynamic_ncols=True,
+    with tqdm(total=total_epochs, unit="epoch", dynamic_ncols=True,
               disable=None if show_progress else True) as bar:
-        session = Session(config, source, device, out, bar)
+        yield Session(config, source, device, out, bar)
+
+
+def start_seed(session: Session, order_seed: int) -> SeedStart:
+    config, source = session.config, session.source
+    bundle = source.bundle
+    eligible = bundle.train.base_eligible
+    split = prepare_split(session.out, len(bundle.train), order_seed, config.base_fraction,
+                          config.n_phases, bundle.fingerprint,
+                          None if eligible is None else eligible.numpy(),
+                          config.validation_fraction)
+    m0 = base_model(session, split)
+    base_idx = split.part(0)
+    ref = reference(session.predict_eval(m0, split), session.eval_labels(split),
+                    session.predict(m0, "train", base_idx), source.labels("train", base_idx))
+    return SeedStart(split, m0, ref)
+
+
+def run_protocol(config: Config, out: Path, show_progress: bool = True) -> dict[str, Any]:
+    methods = create_methods(config)
+    runs: list[dict[str, Any]] = []
+    with open_session(config, out, planned_epochs(config, methods), show_progress) as session:
         for order_seed in config.order_seeds:
-            split = prepare_split(out, len(bundle.train), order_seed, config.base_fraction,
-                                  config.n_phases, bundle.fingerprint,
-                                  None if eligible is None else eligible.numpy())
-            m0 = base_model(session, split)
-            base_idx = split.part(0)
-            ref = reference(session.predict(m0, "test", None), source.labels("test"),
-                            session.predict(m0, "train", base_idx),
-                            source.labels("train", base_idx))
+            start = start_seed(session, order_seed)
             for name in config.methods:
                 # A fresh method per order seed: no state leaks from one seed's run to another.
-                method = create_method(name, config.method_options.get(name))
+                method = method_for(config, name)
                 started = time.perf_counter()
-                run = run_method(session, method, split, m0, ref)
+                run, _ = run_method(session, method, start)
                 run["wall_seconds"] = time.perf_counter() - started
                 runs.append(run)
                 write_results(session, runs, final=False)
-    return write_results(session, runs, final=True)
+        return write_results(session, runs, final=True)
