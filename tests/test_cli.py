@@ -240,3 +240,21 @@ def test_tuning_scores_the_validation_slice_not_the_test_set(
     results = json.loads((out / "results.json").read_text())
     assert results["acc_test_on"] == "validation"
     assert json.loads((out / "manifest-0.json").read_text())["sizes"]["validation"] == 120
+
+
+def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[str],
+                                                 capsys: pytest.CaptureFixture) -> None:
+    for lr in ("0.01", "0.02"):
+        assert main(["run", "configs/toy2d.yaml", "--out", str(tmp_path / lr), "--no-progress",
+                     *toy_args, "--set", "methods=[finetune]", "--set", f"phase.lr={lr}"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| run | phase.lr | method | acc_test")
+    assert "| 0.01 | finetune |" in table[2] and "| 0.02 | finetune |" in table[3]
+
+
+def test_compare_names_a_folder_without_results(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "results.json" in capsys.readouterr().err

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="KEY=VALUE", help="override a config key by dotted path (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("list", help="list data sets, models, methods and presets")
+    compare = sub.add_parser("compare", help="table of several runs (e.g. a sweep)")
+    compare.add_argument("runs", type=Path, nargs="+", help="run folders with results.json")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -112,6 +114,23 @@ def cmd_boundary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from instil.report import compare_table
+
+    results = {}
+    for folder in args.runs:
+        path = folder / "results.json"
+        try:
+            results[str(folder)] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InstilError(f"{path}: cannot read results ({e}); is it a finished run?") \
+                from None
+    print(compare_table(results), end="")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from instil.data.fetch import ensure_fmnist
 
@@ -120,7 +139,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
-            "boundary": cmd_boundary}
+            "boundary": cmd_boundary, "compare": cmd_compare}
 
 
 def one_line(error: BaseException) -> str:

@@ -90,3 +90,37 @@ def summary_markdown(config_name: str, runs: list[dict[str, Any]],
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
             f"## Per phase\n\n{phase_table(runs, methods)}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def compare_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per (run folder, method): the config keys that differ between the runs, then
+    the final metrics. For sweeps: each run differs from the others by its `--set`s."""
+    configs = {name: flatten(r["config"]) for name, r in results.items()}
+    keys = sorted({k for c in configs.values() for k in c})
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1
+               and k != "name"]
+    head = ["run", *varying, "method", "acc_test", "pp", "f", "nfr", "student acc_test"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, result in results.items():
+        for row in summarise(result["runs"]):
+            student = mean_ci95([r["phases"][-1]["student_acc_test"] for r in result["runs"]
+                                 if r["method"] == row["method"]
+                                 and "student_acc_test" in r["phases"][-1]] or [math.nan])
+            cells = [name, *(str(configs[name].get(k, "")) for k in varying), row["method"],
+                     fmt(row["acc_test_mean"], row["acc_test_ci95"]),
+                     fmt(row["pp_mean"], row["pp_ci95"]), fmt(row["f_mean"], row["f_ci95"]),
+                     fmt(row["nfr_mean"], row["nfr_ci95"]),
+                     "–" if math.isnan(student[0]) else fmt(*student)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from instil.engine.evaluate import predict
 from instil.engine.fit import fit
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
-from instil.methods import METHODS, create_method
+from instil.methods import create_method, options_for
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
@@ -102,14 +102,7 @@ def create_methods(config: Config) -> list[Method]:
 
 
 def method_for(config: Config, name: str) -> Method:
-    """A variant takes its parent's options (method_options.dbd for dbd-nofl), then its own."""
-    own = config.method_options.get(name, {})
-    if name not in METHODS or METHODS[name][0].name == name:
-        return create_method(name, own)
-    cls, fixed = METHODS[name]
-    inherited = {k: v for k, v in config.method_options.get(cls.name, {}).items()
-                 if k not in fixed}
-    return create_method(name, {**inherited, **own})
+    return create_method(name, options_for(name, config.method_options))
 
 
 def planned_epochs(config: Config, methods: list[Method]) -> int:

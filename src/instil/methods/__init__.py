@@ -29,6 +29,19 @@ def describe(name: str) -> str:
     return f"{cls.name} with " + ", ".join(f"{k}={v}" for k, v in fixed.items())
 
 
+def options_for(name: str, method_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The options of `name` from a config's method_options: a variant takes its parent's
+    (method_options.dbd for dbd-nofl), except the switches it fixes, then its own."""
+    own = method_options.get(name, {})
+    if name not in METHODS:
+        return own
+    cls, fixed = METHODS[name]
+    if cls.name == name:
+        return own
+    inherited = {k: v for k, v in method_options.get(cls.name, {}).items() if k not in fixed}
+    return {**inherited, **own}
+
+
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """Builds method `name`; `options` (method_options.<name>) may not contradict its preset."""
     if name not in METHODS:
@@ -48,5 +61,5 @@ def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
 # Importing the modules registers their methods.
 from instil.methods import dbd, finetune, joint  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "create_method", "describe", "register_method",
+__all__ = ["METHODS", "Method", "create_method", "describe", "options_for", "register_method",
            "register_variant"]

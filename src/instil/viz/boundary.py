@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from instil.engine.protocol import (
     method_for,
     open_session,
     planned_epochs,
+    prepare_output,
     run_method,
     start_seed,
 )
@@ -44,10 +46,14 @@ def boundary_figure(config: Config, png: Path, show_progress: bool = True) -> di
         raise InstilError(f"data.name={config.data.name}: decision regions need the 2-D toy "
                           "set (configs/toy2d.yaml)")
     png = Path(png)
+    prepare_output(png.parent)
     config_one = dataclasses.replace(config, order_seeds=config.order_seeds[:1])
     methods = create_methods(config_one)
-    with open_session(config_one, png.parent, planned_epochs(config_one, methods),
-                      show_progress) as session:
+    # The split's manifest is re-derivable from the order seed: keep it out of the figure's
+    # folder (often docs/), in a temporary one.
+    with tempfile.TemporaryDirectory() as work, open_session(
+            config_one, Path(work), planned_epochs(config_one, methods), show_progress
+    ) as session:
         start = start_seed(session, config_one.order_seeds[0])
         models = {"M(0)": start.m0}
         accuracy = {"M(0)": start.ref.acc_test}

@@ -9,6 +9,7 @@ prediction spreads over several classes: that is the knowledge L_DIS distils.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from instil.config import Config
 from instil.data.loaders import BatchPlan
-from instil.engine.protocol import open_session, start_seed
+from instil.engine.protocol import open_session, prepare_output, start_seed
 from instil.errors import InstilError
 from instil.io import atomic_write_bytes
 from instil.methods.dbd import batch_statistics, dust
@@ -53,7 +54,9 @@ def dust_figure(config: Config, png: Path, sigmas: list[float], n_images: int = 
         raise InstilError("instil dust needs an image data set; use e.g. "
                           "configs/fmnist-quick.yaml")
     png = Path(png)
-    with open_session(config, png.parent, config.base.epochs, show_progress) as session:
+    prepare_output(png.parent)
+    with tempfile.TemporaryDirectory() as work, open_session(
+            config, Path(work), config.base.epochs, show_progress) as session:
         start = start_seed(session, config.order_seeds[0])
         source = session.source
         idx = one_per_class(source.labels("test"), n_images)

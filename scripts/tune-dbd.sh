@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The DBD sweep of docs/tuning.md: fmnist-iil10, order seed 0, scored on a validation slice
+# of 10% held out of the *training* data (validation_fraction), never on the test set.
+# Resumable: a point whose results.json is complete is skipped. Runs one point at a time.
+#   scripts/tune-dbd.sh            # every point below
+#   instil compare runs/tune/*     # the table
+set -euo pipefail
+cd "$(dirname "$0")/.."
+INSTIL=${INSTIL:-.venv/bin/instil}
+OUT=${OUT:-runs/tune}
+COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --no-progress)
+
+# name | methods | extra --set items (space-separated)
+POINTS=(
+  "finetune|[finetune]|"
+  "dbd-a0.9-f10|[dbd]|method_options.dbd.alpha=0.9 method_options.dbd.freeze_epochs=10"
+  "dbd-a0.5-f10|[dbd]|method_options.dbd.alpha=0.5 method_options.dbd.freeze_epochs=10"
+  "dbd-a0.5-f6|[dbd]|method_options.dbd.alpha=0.5 method_options.dbd.freeze_epochs=6"
+)
+
+for point in "${POINTS[@]}"; do
+  IFS='|' read -r name methods extra <<<"$point"
+  dir="$OUT/$name"
+  if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/results.json"; then
+    echo "skip $name (done)"; continue
+  fi
+  sets=(--set "methods=$methods")
+  for item in $extra; do sets+=(--set "$item"); done
+  echo "== $name"
+  "$INSTIL" run configs/fmnist-iil10.yaml --out "$dir" "${COMMON[@]}" "${sets[@]}"
+done
+"$INSTIL" compare "$OUT"/*/
