@@ -96,7 +96,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
+            # An empty mapping adds no key, so {} and {dbd: {...}} differ only in the latter's.
             out.update(flatten(value, path + "."))
         else:
             out[path] = value

@@ -94,19 +94,16 @@ def draw(images: list[torch.Tensor], probs: list[torch.Tensor], labels: torch.Te
             ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             conf, pred = probs[j][i].max(0)
             color = "green" if int(pred) == int(labels[i]) else "red"
-            ax.set_title(f"{classes[int(pred)][:12]} {100 * float(conf):.0f}%", fontsize=8,
+            title = f"{classes[int(pred)][:12]} {100 * float(conf):.0f}%"
+            ax.set_title(f"σ = {sigma:g}\n{title}" if i == 0 else title, fontsize=8,
                          color=color)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_xlabel(f"σ = {sigma:g}", fontsize=9)
-                ax.xaxis.set_label_position("top")
-                ax.xaxis.set_label_coords(0.5, 1.35)
             if j == 0:
                 ax.set_ylabel(classes[int(labels[i])][:12], fontsize=8)
     fig.suptitle("Dusted inputs: M(0)'s prediction and confidence (green: right, red: wrong)",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
