@@ -46,8 +46,8 @@ def small_image_resnet(channels: int, widths: tuple[int, ...], blocks: tuple[int
 def resnet_small(input_shape: tuple[int, ...], num_classes: int,
                  widths: tuple[int, ...] | list[int] = (16, 32, 64),
                  blocks: tuple[int, ...] | list[int] = (1, 1, 1)) -> Classifier:
-    # Measured on 2 CPU cores: ~2,300 training images/s at batch 128 in channels-last,
-    # doubling every width cost 4x (see docs/results-fmnist.md for its accuracy).
+    # Sized for 2 CPU cores: fmnist-iil10 trains M(0) in ~3.5 min (docs/results-fmnist.md);
+    # an ad-hoc probe found doubling every width ~4x slower. `instil bench` will measure it.
     widths, blocks = tuple(widths), tuple(blocks)
     return Classifier(small_image_resnet(input_shape[0], widths, blocks), widths[-1],
                       num_classes)
