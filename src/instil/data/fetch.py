@@ -26,13 +26,14 @@ def present(root: Path) -> Path | None:
 def apt_install() -> bool:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         return False
-    for cmd in (["apt-get", "install", "-y", "dataset-fashion-mnist"],
-                ["apt-get", "update"],
-                ["apt-get", "install", "-y", "dataset-fashion-mnist"]):
-        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if done.returncode == 0 and cmd[1] == "install":
-            return True
-    return False
+    install = ["apt-get", "install", "-y", "dataset-fashion-mnist"]
+    # A fresh machine's package lists may not know the package yet: update once, then retry.
+    return _quiet(install) or (_quiet(["apt-get", "update"]) and _quiet(install))
+
+
+def _quiet(cmd: list[str]) -> bool:
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return done.returncode == 0
 
 
 def torchvision_download(root: Path) -> bool:

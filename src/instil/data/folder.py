@@ -118,15 +118,7 @@ def load_image_folder(
         test = _samples(test_paths, test_labels)
     if verify:
         check_images(train.paths + test.paths)
-    return DataBundle(
-        name="imagefolder",
-        classes=classes,
-        train=train,
-        test=test,
-        input_shape=(3, image_size, image_size),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
+    return _rgb_bundle("imagefolder", classes, train, test, image_size)
 
 
 def imagenet100_wnids(wnids_file: Path | None = None) -> list[str]:
@@ -170,15 +162,15 @@ def load_imagenet100(
         _, paths, labels = scan_class_folders(folder, wnids)
         splits.append(_samples(paths, labels))
     train, test = splits
-    return DataBundle(
-        name="imagenet100",
-        classes=wnids,
-        train=train,
-        test=test,
-        input_shape=(3, image_size, image_size),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    )
+    return _rgb_bundle("imagenet100", wnids, train, test, image_size)
+
+
+def _rgb_bundle(name: str, classes: list[str], train: Samples, test: Samples,
+                image_size: int) -> DataBundle:
+    """File-based RGB images, resized to image_size and normalised with ImageNet statistics."""
+    return DataBundle(name=name, classes=classes, train=train, test=test,
+                      input_shape=(3, image_size, image_size), mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD)
 
 
 def _unreadable(path: Path, error: Exception) -> InstilError:

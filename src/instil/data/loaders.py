@@ -134,7 +134,10 @@ class FileBatches:
         self.loader = DataLoader(
             images, batch_size=plan.batch_size, shuffle=plan.train, drop_last=plan.train
             and len(images) > plan.batch_size, num_workers=config.workers,
-            pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+            pin_memory=device.type == "cuda",
+            # Evaluation loaders are iterated once: keeping their workers alive would only
+            # hold processes until garbage collection.
+            persistent_workers=plan.train and config.workers > 0,
             generator=self.generator)
 
     def __len__(self) -> int:

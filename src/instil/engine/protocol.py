@@ -115,15 +115,17 @@ def planned_epochs(config: Config, methods: list[Method]) -> int:
 
 
 def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
-                previous: nn.Module, tag: str, budget: TrainConfig) -> float:
-    """Runs one phase of `method` from `previous`; returns its training seconds."""
+                previous: nn.Module, tag: str, budget: TrainConfig) -> tuple[float, int]:
+    """Runs one phase of `method` from `previous`; returns its training seconds and the
+    number of samples it trained on."""
     config = session.config
     torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
     ctx = PhaseContext(phase, config.n_phases,
                        lambda: session.new_model(split.order_seed, tag, phase))
     method.begin_phase(previous, ctx)
     seed = derive_seed(config.seed, split.order_seed, tag, phase, "batches")
-    batches = session.source.batches("train", method.train_indices(split, phase),
+    indices = method.train_indices(split, phase)
+    batches = session.source.batches("train", indices,
                                      BatchPlan(budget.batch_size, train=True, seed=seed))
     where = f"{tag}, order seed {split.order_seed}, phase {phase}"
     session.bar.set_description(where)
@@ -132,7 +134,7 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.update(1)
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
-    return fit(method, batches, budget, where, on_epoch).seconds
+    return fit(method, batches, budget, where, on_epoch).seconds, len(indices)
 
 
 def base_model(session: Session, split: IILSplit) -> nn.Module:
@@ -150,7 +152,7 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
         session.bar.update(config.base.epochs)
         return model
     trainer = Finetune()
-    seconds = train_phase(session, trainer, split, 0, model, "base", config.base)
+    seconds, _ = train_phase(session, trainer, split, 0, model, "base", config.base)
     model = trainer.deployed()
     save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds})
     session.log(f"M(0) of order seed {split.order_seed} trained in {seconds:.1f} s, "
@@ -170,8 +172,8 @@ def run_method(session: Session, method: Method, start: SeedStart
     for t in range(1, config.n_phases + 1):
         if not method.runs_phase(t, config.n_phases):
             continue
-        seconds = train_phase(session, method, split, t, previous, method.label,
-                              method.budget(config.base, config.phase))
+        seconds, n_train = train_phase(session, method, split, t, previous, method.label,
+                                       method.budget(config.base, config.phase))
         previous = method.deployed()
         metrics = phase_metrics(ref, session.predict_eval(previous, split), test_labels,
                                 session.predict(previous, "train", base_idx), base_labels)
@@ -181,7 +183,7 @@ def run_method(session: Session, method: Method, start: SeedStart
             metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
                                                    base_labels)
         phases.append({"phase": t, **metrics, "train_seconds": seconds,
-                       "n_train": len(method.train_indices(split, t))})
+                       "n_train": n_train})
         session.log(f"{method.label} order seed {split.order_seed} phase {t}: acc_test "
                     f"{metrics['acc_test']:.2f} pp {metrics['pp']:+.2f} f {metrics['f']:+.2f} "
                     f"nfr {metrics['nfr']:.2f} ({seconds:.1f} s)")

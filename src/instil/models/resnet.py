@@ -46,8 +46,7 @@ def small_image_resnet(channels: int, widths: tuple[int, ...], blocks: tuple[int
 def resnet_small(input_shape: tuple[int, ...], num_classes: int,
                  widths: tuple[int, ...] | list[int] = (16, 32, 64),
                  blocks: tuple[int, ...] | list[int] = (1, 1, 1)) -> Classifier:
-    # Sized for 2 CPU cores: fmnist-iil10 trains M(0) in ~3.5 min (docs/results-fmnist.md);
-    # an ad-hoc probe found doubling every width ~4x slower. `instil bench` will measure it.
+    # Sized for 2 CPU cores: fmnist-iil10 trains M(0) in 200-240 s (docs/results-fmnist.md).
     widths, blocks = tuple(widths), tuple(blocks)
     return Classifier(small_image_resnet(input_shape[0], widths, blocks), widths[-1],
                       num_classes)

@@ -37,13 +37,14 @@ def dusted_predictions(teacher: nn.Module, x: torch.Tensor, sigmas: list[float],
     normalised with their own statistics, as DBD's distillation pass does."""
     torch.manual_seed(seed)
     out = []
+    teacher.eval()
     for sigma in sigmas:
-        x_dust = dust(x, sigma) if sigma > 0 else x
         if sigma > 0:
+            x_dust = dust(x, sigma)
             with batch_statistics(teacher):
                 probs = teacher(x_dust).softmax(1)
         else:
-            probs = teacher.eval()(x_dust).softmax(1)
+            x_dust, probs = x, teacher(x).softmax(1)
         out.append((x_dust, probs))
     return out
 
