@@ -18,7 +18,7 @@ data: $(STAMP)
 	$(BIN)/instil fetch fmnist --root $(DATA)
 
 run: data
-	INSTIL_DATA=$(DATA) $(BIN)/instil run $(PRESET) $(ARGS)
+	INSTIL_DATA=$(DATA) $(BIN)/instil run $(PRESET) --resume $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -53,7 +53,7 @@ def test_toy_protocol_end_to_end(tmp_path: Path, toy_args: list[str],
     assert summary["finetune"]["n_orders"] == 2
     for key in ("acc_test_mean", "pp_mean", "pp_ci95", "f_mean", "f_ci95", "nfr_mean"):
         assert key in summary["finetune"]
-    assert "| finetune | no | 3 |" in (out / "summary.md").read_text()
+    assert "| finetune | no | 4.8k | 3 |" in (out / "summary.md").read_text()
 
 
 def test_rerun_is_identical_and_reuses_the_cached_base(tmp_path: Path, toy_args: list[str],
@@ -258,3 +258,66 @@ def test_compare_names_a_folder_without_results(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", str(tmp_path)]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_refused_without_resume(tmp_path: Path, toy_args: list[str],
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args]
+    assert main(args + ["--set", "methods=[finetune]"]) == 0
+    before = (out / "results.json").read_bytes()
+    assert main(args + ["--set", "methods=[finetune]"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_resume_keeps_finished_pairs_and_runs_the_rest(tmp_path: Path, toy_args: list[str],
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args]
+    assert main(args + ["--set", "methods=[finetune]"]) == 0
+    first = json.loads((out / "results.json").read_text())["runs"]
+    capsys.readouterr()
+    assert main(args + ["--set", "methods=[finetune, joint]", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "finetune order seed 0: kept from results.json" in err
+    assert "finetune order seed 0 phase 1" not in err and "joint order seed 1 phase 3" in err
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["method"], r["order_seed"]) for r in runs] == [
+        ("finetune", 0), ("joint", 0), ("finetune", 1), ("joint", 1)]
+    # The kept records are the very same, timings included.
+    assert [r for r in runs if r["method"] == "finetune"] == first
+    assert runs[1]["options"] == {"every_phase": False}
+
+
+def test_resume_refuses_another_protocol(tmp_path: Path, toy_args: list[str],
+                                         capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+            "--set", "methods=[finetune]"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--set", "phase.lr=0.5", "--resume"]) == 2
+    assert "phase.lr=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stream", ["class_skew", "subpop_shift"])
+def test_stream_presets_run_end_to_end(tmp_path: Path, stream: str,
+                                       capsys: pytest.CaptureFixture) -> None:
+    root = write_fmnist(tmp_path / "fm", n_train=200, n_test=100)
+    out = tmp_path / "out"
+    preset = {"class_skew": "configs/fmnist-skew.yaml",
+              "subpop_shift": "configs/fmnist-shift.yaml"}
+    code = main(["run", preset[stream], "--out", str(out), "--no-progress",
+                 "--set", f"data.root={root}", "--set", f"cache_dir={tmp_path / 'c'}",
+                 "--set", "device=cpu", "--set", "n_phases=2", "--set", "base.epochs=1",
+                 "--set", "phase.epochs=1", "--set", "methods=[finetune]",
+                 "--set", "order_seeds=[0]", "--set", "split.k=2",
+                 "--set", "base_fraction=0.3"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest-0.json").read_text())
+    assert manifest["stream"]["name"] == stream
+    assert sum(map(sum, manifest["class_counts"])) == 200
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert ("acc_shift" in run["base"]) == (stream == "subpop_shift")
+    assert all(("acc_shift" in p) == (stream == "subpop_shift") for p in run["phases"])

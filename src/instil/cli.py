@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config key by dotted path (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: keep its finished method/seed pairs")
     sub.add_parser("list", help="list data sets, models, methods and presets")
     compare = sub.add_parser("compare", help="table of several runs (e.g. a sweep)")
     compare.add_argument("runs", type=Path, nargs="+", help="run folders with results.json")
@@ -50,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_named(args)
     out = args.out or Path("runs") / config.name
-    results = run_protocol(config, out, show_progress=not args.no_progress)
+    results = run_protocol(config, out, show_progress=not args.no_progress,
+                           resume=args.resume)
     print(base_line(results["runs"]))
     print(summary_table(results["summary"]))
     print(f"wrote {out}/results.json, summary.md, curves.png")

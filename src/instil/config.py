@@ -30,6 +30,26 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+STREAMS = ("iid", "class_skew", "subpop_shift")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The shape of the stream of new observations (data.streams)."""
+
+    stream: str = "iid"  # the paper's random equal parts
+    concentration: float = 1.0  # class_skew: Dirichlet concentration; 0.1 = one or two classes
+    k: int = 4  # subpop_shift: sub-populations per class; D(0) lacks one of them
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise InstilError(f"split.stream={self.stream!r}: choose one of {', '.join(STREAMS)}")
+        if self.concentration <= 0:
+            raise InstilError(f"split.concentration={self.concentration}: must be positive")
+        if self.k < 2:
+            raise InstilError(f"split.k={self.k}: at least 2 sub-populations per class")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet_small"
@@ -79,6 +99,7 @@ class Config:
     # Where base models are cached; empty means $INSTIL_CACHE or ~/.cache/instil.
     cache_dir: str = ""
     data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     base: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
     phase: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01))

@@ -55,11 +55,22 @@ def base_line(runs: list[dict[str, Any]]) -> str:
             f"acc_base {fmt(*acc_base)}")
 
 
+def count(n: int) -> str:
+    """A parameter count as people write it: 77.8k, 11.2M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| method | old data | phase | acc_test | pp | f | f_rel | nfr | train s |\n"
-              "|---|---|---|---|---|---|---|---|---|\n")
+    """The paper's Table 1 layout: one row per method, whether it keeps old data, its
+    parameters after the last phase, the final metrics and the training time of all phases."""
+    header = ("| method | old data | params | phase | acc_test | pp | f | f_rel | nfr | train s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
-        f"| {r['method']} | {'yes' if r['uses_old_data'] else 'no'} | {r['final_phase']} | "
+        f"| {r['method']} | {'yes' if r['uses_old_data'] else 'no'} | {count(r['parameters'])} "
+        f"| {r['final_phase']} | "
         f"{fmt(r['acc_test_mean'], r['acc_test_ci95'])} | {fmt(r['pp_mean'], r['pp_ci95'])} | "
         f"{fmt(r['f_mean'], r['f_ci95'])} | {fmt(r['f_rel_mean'], r['f_rel_ci95'])} | "
         f"{fmt(r['nfr_mean'], r['nfr_ci95'])} | {r['train_seconds_mean']:.1f} |"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instil.data.streams import StreamPlan, class_counts, class_skew_parts, iid_parts
 from instil.errors import InstilError
 from instil.io import atomic_write_json
 
@@ -28,6 +29,12 @@ class IILSplit:
     # Held out of every part for tuning: scored instead of the test set, never trained on.
     validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     validation_fraction: float = 0.0
+    # The stream's shape and parameters (data.streams), e.g. {"name": "class_skew", ...}.
+    stream: dict = field(default_factory=lambda: {"name": "iid"})
+    # Test samples of the sub-populations held out of D(0) (subpop_shift), else empty.
+    shift_test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Samples of each class in D(0), D(1), ..., when the labels were known.
+    class_counts: list = field(default_factory=list)
 
     def part(self, phase: int) -> np.ndarray:
         """Indices of D(phase): phase 0 is the base set, 1..T the incremental parts."""
@@ -40,12 +47,18 @@ class IILSplit:
 
 def make_split(n: int, order_seed: int, base_fraction: float, n_phases: int, fingerprint: str,
                base_eligible: np.ndarray | None = None,
-               validation_fraction: float = 0.0) -> IILSplit:
+               validation_fraction: float = 0.0, labels: np.ndarray | None = None,
+               stream: StreamPlan | None = None) -> IILSplit:
     """Splits n training samples; `base_eligible` keeps drifted samples out of D(0).
 
     With `validation_fraction` > 0 the first samples of the permutation are held out as a
-    validation slice and the rest is split as usual (with 0 the split is unchanged).
+    validation slice and the rest is split as usual (with 0 the split is unchanged). The
+    `stream` decides how the incremental half is cut (data.streams; default: iid).
     """
+    stream = stream or StreamPlan()
+    if stream.base_eligible is not None:
+        base_eligible = stream.base_eligible if base_eligible is None else \
+            base_eligible & stream.base_eligible
     if not 0 < base_fraction < 1:
         raise InstilError(f"base_fraction={base_fraction}: must lie strictly between 0 and 1")
     if not 0 <= validation_fraction < 0.5:
@@ -66,9 +79,18 @@ def make_split(n: int, order_seed: int, base_fraction: float, n_phases: int, fin
                               "samples may enter D(0); lower base_fraction")
         base = eligible[:n_base]
         rest = perm[~np.isin(perm, base)]
-    phases = tuple(np.array_split(rest, n_phases))
+    if stream.record["name"] == "class_skew":
+        if labels is None:
+            raise ValueError("a class-skewed stream needs the labels")
+        # Its own generator, so that the iid permutation above is the same for every stream.
+        rng = np.random.default_rng([order_seed, 1])
+        phases = class_skew_parts(rest, labels, n_phases, stream.record["concentration"], rng)
+    else:
+        phases = iid_parts(rest, n_phases)
+    counts = [] if labels is None else class_counts(
+        (base, *phases), labels, int(labels.max()) + 1)
     return IILSplit(order_seed, base_fraction, n_phases, fingerprint, base, phases, validation,
-                    validation_fraction)
+                    validation_fraction, stream.record, stream.shift_test, counts)
 
 
 def manifest_path(out_dir: Path, order_seed: int) -> Path:
@@ -82,11 +104,14 @@ def save_manifest(split: IILSplit, path: Path) -> None:
         "n_phases": split.n_phases,
         "fingerprint": split.fingerprint,
         "validation_fraction": split.validation_fraction,
+        "stream": split.stream,
+        "class_counts": split.class_counts,
         "sizes": {"base": len(split.base), "phases": [len(p) for p in split.phases],
                   "validation": len(split.validation)},
         "base": split.base.tolist(),
         "phases": [p.tolist() for p in split.phases],
         "validation": split.validation.tolist(),
+        "shift_test": split.shift_test.tolist(),
     })
 
 
@@ -100,6 +125,9 @@ def load_manifest(path: Path) -> IILSplit:
             phases=tuple(np.asarray(p, dtype=np.int64) for p in raw["phases"]),
             validation=np.asarray(raw.get("validation", []), dtype=np.int64),
             validation_fraction=float(raw.get("validation_fraction", 0.0)),
+            stream=dict(raw.get("stream", {"name": "iid"})),
+            shift_test=np.asarray(raw.get("shift_test", []), dtype=np.int64),
+            class_counts=list(raw.get("class_counts", [])),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InstilError(f"{path}: unreadable manifest ({e}); delete it to make a new split") \
@@ -108,12 +136,14 @@ def load_manifest(path: Path) -> IILSplit:
 
 def prepare_split(out_dir: Path, n: int, order_seed: int, base_fraction: float, n_phases: int,
                   fingerprint: str, base_eligible: np.ndarray | None = None,
-                  validation_fraction: float = 0.0) -> IILSplit:
+                  validation_fraction: float = 0.0, labels: np.ndarray | None = None,
+                  stream: StreamPlan | None = None) -> IILSplit:
     """Reuses the manifest in `out_dir` when there is one, refusing one made for other data."""
     path = manifest_path(out_dir, order_seed)
+    stream = stream or StreamPlan()
     if not path.exists():
         split = make_split(n, order_seed, base_fraction, n_phases, fingerprint, base_eligible,
-                           validation_fraction)
+                           validation_fraction, labels, stream)
         save_manifest(split, path)
         return split
     split = load_manifest(path)
@@ -125,4 +155,7 @@ def prepare_split(out_dir: Path, n: int, order_seed: int, base_fraction: float, 
         raise InstilError(f"{path}: made with base_fraction={split.base_fraction}, "
                           f"n_phases={split.n_phases}, validation_fraction="
                           f"{split.validation_fraction}; use another --out or delete the manifest")
+    if split.stream != stream.record:
+        raise InstilError(f"{path}: made for the stream {split.stream}, this run asks for "
+                          f"{stream.record}; use another --out or delete the manifest")
     return split

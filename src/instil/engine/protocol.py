@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -21,10 +23,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from instil.config import Config, TrainConfig, save_config
+from instil.config import Config, TrainConfig, from_dict, save_config
 from instil.data import load_dataset
-from instil.data.loaders import BatchPlan, DataSource
+from instil.data.loaders import Batches, BatchPlan, DataSource
 from instil.data.split import IILSplit, prepare_split
+from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
 from instil.engine.device import derive_seed, resolve_device
 from instil.engine.evaluate import predict
@@ -36,7 +39,7 @@ from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
 from instil.models import create_model
-from instil.report import summarise, summary_markdown
+from instil.report import flatten, summarise, summary_markdown
 from instil.viz.curves import plot_curves
 
 
@@ -81,6 +84,28 @@ class Session:
         return self.source.labels(*self.eval_part(split))
 
 
+@dataclass(frozen=True)
+class SourceData:
+    """PhaseData over the run's training set (see methods.base.PhaseData)."""
+
+    source: DataSource
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.bundle.num_classes
+
+    def batches(self, indices: np.ndarray, train: bool = False) -> Batches:
+        plan = (BatchPlan(self.batch_size, train=True, seed=self.seed) if train
+                else BatchPlan(self.eval_batch_size, train=False))
+        return self.source.batches("train", indices, plan)
+
+    def labels(self, indices: np.ndarray) -> torch.Tensor:
+        return self.source.labels("train", indices)
+
+
 def prepare_output(out: Path) -> None:
     """Fails before any training when the output folder cannot be written."""
     try:
@@ -120,10 +145,12 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
     number of samples it trained on."""
     config = session.config
     torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
-    ctx = PhaseContext(phase, config.n_phases,
-                       lambda: session.new_model(split.order_seed, tag, phase))
-    method.begin_phase(previous, ctx)
     seed = derive_seed(config.seed, split.order_seed, tag, phase, "batches")
+    ctx = PhaseContext(phase, config.n_phases,
+                       lambda: session.new_model(split.order_seed, tag, phase), split,
+                       SourceData(session.source, budget.batch_size, config.eval_batch_size,
+                                  derive_seed(seed, "method")))
+    method.begin_phase(previous, ctx)
     indices = method.train_indices(split, phase)
     batches = session.source.batches("train", indices,
                                      BatchPlan(budget.batch_size, train=True, seed=seed))
@@ -177,6 +204,7 @@ def run_method(session: Session, method: Method, start: SeedStart
         previous = method.deployed()
         metrics = phase_metrics(ref, session.predict_eval(previous, split), test_labels,
                                 session.predict(previous, "train", base_idx), base_labels)
+        metrics.update(shift_accuracy(session, previous, split))
         for name, model in method.also_evaluated().items():
             metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split),
                                                    test_labels)
@@ -190,7 +218,7 @@ def run_method(session: Session, method: Method, start: SeedStart
     record = {"method": method.label, "order_seed": split.order_seed,
               "uses_old_data": method.uses_old_data,
               "parameters": sum(p.numel() for p in previous.parameters()),
-              "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base},
+              "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base, **start.shift},
               "phases": phases}
     return record, previous
 
@@ -215,6 +243,7 @@ class SeedStart:
     split: IILSplit
     m0: nn.Module
     ref: Reference
+    shift: dict[str, float]  # M(0)'s acc_shift on a sub-population-shift stream
 
 
 @contextlib.contextmanager
@@ -237,28 +266,98 @@ def start_seed(session: Session, order_seed: int) -> SeedStart:
     config, source = session.config, session.source
     bundle = source.bundle
     eligible = bundle.train.base_eligible
+    stream = plan_stream(config.split, bundle, order_seed, config.seed)
     split = prepare_split(session.out, len(bundle.train), order_seed, config.base_fraction,
                           config.n_phases, bundle.fingerprint,
                           None if eligible is None else eligible.numpy(),
-                          config.validation_fraction)
+                          config.validation_fraction, bundle.train.labels.numpy(), stream)
     m0 = base_model(session, split)
     base_idx = split.part(0)
     ref = reference(session.predict_eval(m0, split), session.eval_labels(split),
                     session.predict(m0, "train", base_idx), source.labels("train", base_idx))
-    return SeedStart(split, m0, ref)
+    return SeedStart(split, m0, ref, shift_accuracy(session, m0, split))
 
 
-def run_protocol(config: Config, out: Path, show_progress: bool = True) -> dict[str, Any]:
+def shift_accuracy(session: Session, model: nn.Module, split: IILSplit) -> dict[str, float]:
+    """{"acc_shift": accuracy on the test samples of the sub-populations D(0) lacked}, for a
+    sub-population-shift stream scored on the test set; else {}."""
+    if not len(split.shift_test) or len(split.validation):
+        return {}
+    labels = session.source.labels("test", split.shift_test)
+    return {"acc_shift": accuracy(session.predict(model, "test", split.shift_test), labels)}
+
+
+# Config keys that may differ between a run and the one it resumes: they choose what runs,
+# not how (a finished (method, order seed) pair is kept as it is).
+RESUMABLE_KEYS = ("name", "methods", "order_seeds")
+
+
+def options_of(method: Method) -> dict[str, Any]:
+    """The method's effective options, defaults included, as recorded in results.json."""
+    options = method.options
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+
+
+def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any]]:
+    """The records of `out`/results.json to keep: with resume, those of the same protocol;
+    without, none, and an existing results.json is refused rather than overwritten."""
+    path = Path(out) / "results.json"
+    if not path.exists():
+        return []
+    if not resume:
+        raise InstilError(f"{path} exists; add --resume to continue that run (finished "
+                          "method and seed pairs are kept) or choose another --out")
+    try:
+        previous = json.loads(path.read_text())
+        old_config, records = previous["config"], previous["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InstilError(f"{path}: unreadable results ({e}); move it away to start over"
+                          ) from None
+    try:  # through the loader, so that keys added since then read as their defaults
+        old_config = from_dict(Config, old_config, "").to_dict()
+    except InstilError as e:
+        raise InstilError(f"{path}: its config no longer loads ({e}); use another --out"
+                          ) from None
+    new = flatten({k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS})
+    old = flatten({k: v for k, v in old_config.items() if k not in RESUMABLE_KEYS})
+    differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+    if differing:
+        raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
+                          f"this run has {new.get(differing[0])!r}; use another --out")
+    kept = []
+    for record in records:
+        if record["method"] not in config.methods or record["order_seed"] not in \
+                config.order_seeds:
+            continue
+        options = options_of(method_for(config, record["method"]))
+        # Records written before options were recorded pass on the config check alone.
+        if record.get("options", options) != options:
+            raise InstilError(f"{path}: {record['method']} ran with options "
+                              f"{record['options']}, now {options} (changed defaults?); "
+                              "use another --out")
+        kept.append(record)
+    return kept
+
+
+def run_protocol(config: Config, out: Path, show_progress: bool = True,
+                 resume: bool = False) -> dict[str, Any]:
     methods = create_methods(config)
+    finished = {(r["method"], r["order_seed"]): r for r in finished_runs(config, out, resume)}
     runs: list[dict[str, Any]] = []
     with open_session(config, out, planned_epochs(config, methods), show_progress) as session:
         for order_seed in config.order_seeds:
-            start = start_seed(session, order_seed)
+            start = None
             for name in config.methods:
+                if (name, order_seed) in finished:
+                    runs.append(finished[(name, order_seed)])
+                    session.log(f"{name} order seed {order_seed}: kept from results.json")
+                    continue
+                start = start or start_seed(session, order_seed)
                 # A fresh method per order seed: no state leaks from one seed's run to another.
                 method = method_for(config, name)
                 started = time.perf_counter()
                 run, _ = run_method(session, method, start)
+                run["options"] = options_of(method)
                 run["wall_seconds"] = time.perf_counter() - started
                 runs.append(run)
                 write_results(session, runs, final=False)

@@ -58,8 +58,16 @@ def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
     return method
 
 
-# Importing the modules registers their methods.
-from instil.methods import dbd, finetune, joint  # noqa: E402,F401
+def _import_all() -> None:
+    """Importing every module of this package registers its methods (one method per file)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_all()
 
 __all__ = ["METHODS", "Method", "create_method", "describe", "options_for", "register_method",
            "register_variant"]

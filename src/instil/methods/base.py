@@ -9,13 +9,14 @@ rate schedule, mixed precision and evaluation. So a method never calls `backward
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from instil.config import TrainConfig
+from instil.data.loaders import Batches
 from instil.data.split import IILSplit
 
 
@@ -24,11 +25,30 @@ class NoOptions:
     """For methods without options of their own."""
 
 
+class PhaseData(Protocol):
+    """The training set as a method may read it outside the engine's loop: to pick exemplars,
+    estimate a Fisher matrix or score an early-stopping slice. Indices are training-set
+    indices, as in IILSplit; batches are on the device and normalised."""
+
+    num_classes: int
+
+    def batches(self, indices: np.ndarray, train: bool = False) -> Batches:
+        """Batches of `indices`: in order and unaugmented, or (train=True) shuffled and
+        augmented as the engine's training batches are."""
+        ...
+
+    def labels(self, indices: np.ndarray) -> torch.Tensor:
+        """The labels of `indices`, on the CPU."""
+        ...
+
+
 @dataclass(frozen=True)
 class PhaseContext:
     phase: int  # 0 is base training, 1..n_phases the incremental phases
     n_phases: int
     new_model: Callable[[], nn.Module]  # a freshly initialised model, already on the device
+    split: IILSplit | None = None  # the run's split: D(0) is split.part(0), D(t) split.part(t)
+    data: PhaseData | None = None  # read access to the training set, see PhaseData
 
 
 class Method:
