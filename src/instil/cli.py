@@ -43,7 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("dataset", choices=["fmnist"])
     fetch.add_argument("--root", type=Path, default=Path("data"),
                        help="folder for a download when no system copy exists (default: data)")
+    bench = sub.add_parser("bench", help="measure speed (instil bench speed)")
+    kind = bench.add_subparsers(dest="bench", required=True)
+    speed = kind.add_parser("speed", help="images/s of the ceiling, base, finetune, dbd, eval")
+    speed.add_argument("--preset", dest="config", type=Path,
+                       default=Path("configs/fmnist-iil10.yaml"), help="a YAML preset")
+    speed.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
+    speed.add_argument("--batch", type=int, help="batch size (default: the preset's)")
+    speed.add_argument("--steps", type=int, default=40, help="timed steps per figure")
+    speed.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    speed.add_argument("--set", dest="overrides", action="append", default=[],
+                       help="override a config key, e.g. --set precision=bf16")
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from instil.bench import bench_speed, speed_table
+    from instil.io import atomic_write_json
+
+    config = load_named(args)
+    if args.device:
+        config = dataclasses.replace(config, device=args.device)
+    if args.steps < 1 or (args.batch is not None and args.batch < 2):
+        raise InstilError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs two)")
+    figures = bench_speed(config, steps=args.steps, batch=args.batch)
+    print(speed_table(figures))
+    if args.json:
+        atomic_write_json(args.json, {"config": config.to_dict(), "figures": figures})
+        print(f"wrote {args.json}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -142,7 +170,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
-            "boundary": cmd_boundary, "compare": cmd_compare}
+            "boundary": cmd_boundary, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def one_line(error: BaseException) -> str:

@@ -93,6 +93,10 @@ class Config:
     # Seeds weight initialisation, shuffling and augmentation; the order seed seeds the split.
     seed: int = 0
     channels_last: bool = True
+    # Mixed precision (engine.precision): fp32, bf16 or fp16 (CUDA only); compile: whether
+    # torch.compile compiles each method's loss. Measure both with `instil bench speed`.
+    precision: str = "fp32"
+    compile: bool = False
     # Smaller than a GPU would take: on 2 CPU cores large eval batches ran slower (cache
     # misses); `instil bench` (issue 5) is where this choice gets measured.
     eval_batch_size: int = 256

@@ -77,6 +77,12 @@ def _imagefolder(config: DataConfig) -> DataBundle:
                              image_size=config.image_size)
 
 
+@register_dataset("synthetic", "random uint8 images of a given shape, for speed benchmarks")
+def _synthetic(config: DataConfig) -> DataBundle:
+    from instil.data.synthetic import load_synthetic
+    return call_with_options(load_synthetic, config)
+
+
 @register_dataset("toy2d", "synthetic 2-D blobs with a controllable concept drift")
 def _toy2d(config: DataConfig) -> DataBundle:
     from instil.data.toy import load_toy2d

@@ -6,13 +6,16 @@ import torch
 from torch import nn
 
 from instil.data.loaders import Batches
+from instil.engine.precision import autocast
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Batches) -> torch.Tensor:
+def predict(model: nn.Module, batches: Batches, precision: str = "fp32") -> torch.Tensor:
     """Arg-max predictions in data order, on the CPU; the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    preds = [model(x).argmax(1) for x, _ in batches.epoch(0)]
+    device = next(model.parameters()).device
+    with autocast(device, precision):
+        preds = [model(x).argmax(1) for x, _ in batches.epoch(0)]
     model.train(was_training)
     return torch.cat(preds).cpu()

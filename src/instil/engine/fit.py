@@ -11,6 +11,7 @@ import torch
 
 from instil.config import TrainConfig
 from instil.data.loaders import Batches
+from instil.engine.precision import autocast, grad_scaler
 from instil.errors import InstilError
 from instil.methods.base import Method
 
@@ -52,11 +53,24 @@ def check_finite(loss: torch.Tensor, where: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the loop computes: the numeric precision and whether the loss is compiled."""
+
+    precision: str = "fp32"
+    compile: bool = False
+
+
 def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
-        on_epoch: OnEpoch | None = None) -> FitResult:
+        on_epoch: OnEpoch | None = None, speed: Speed = Speed()) -> FitResult:
     """Trains `method.trainable()` for cfg.epochs epochs over `batches`."""
     module = method.trainable()
+    device = next(module.parameters()).device
     optimizer = make_optimizer(module, cfg)
+    scaler = grad_scaler(device, speed.precision)
+    # Compiling the whole loss lets the compiler fuse the method's several passes; the
+    # method object itself stays plain Python (its hooks run between compiled calls).
+    loss_of = torch.compile(method.loss) if speed.compile else method.loss
     steps_per_epoch = len(batches)
     total = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
@@ -67,10 +81,12 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
         module.train()
         running = None
         for x, y in batches.epoch(epoch):
-            loss = method.loss(x, y)
+            with autocast(device, speed.precision):
+                loss = loss_of(x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             method.after_step(step)
             running = loss.detach() if running is None else running + loss.detach()

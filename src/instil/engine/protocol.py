@@ -25,13 +25,15 @@ from tqdm import tqdm
 
 from instil.config import Config, TrainConfig, from_dict, save_config
 from instil.data import load_dataset
+from instil.data.base import DataBundle
 from instil.data.loaders import Batches, BatchPlan, DataSource
 from instil.data.split import IILSplit, prepare_split
 from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
 from instil.engine.device import derive_seed, resolve_device
 from instil.engine.evaluate import predict
-from instil.engine.fit import fit
+from instil.engine.fit import Speed, fit
+from instil.engine.precision import check_precision
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.methods import create_method, options_for
@@ -41,6 +43,16 @@ from instil.metrics import Reference, accuracy, phase_metrics, reference
 from instil.models import create_model
 from instil.report import flatten, summarise, summary_markdown
 from instil.viz.curves import plot_curves
+
+
+def build_model(config: Config, bundle: DataBundle, device: torch.device) -> nn.Module:
+    """The config's model for this data, on the device, in its memory format (weights drawn
+    from torch's current random state)."""
+    model = create_model(config.model.name, bundle.input_shape, bundle.num_classes,
+                         **config.model.options).to(device)
+    if config.channels_last and len(bundle.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 @dataclass
@@ -55,13 +67,7 @@ class Session:
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
-        bundle = self.source.bundle
-        model = create_model(self.config.model.name, bundle.input_shape, bundle.num_classes,
-                             **self.config.model.options)
-        model = model.to(self.device)
-        if self.config.channels_last and len(bundle.input_shape) == 3:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return build_model(self.config, self.source.bundle, self.device)
 
     def log(self, line: str) -> None:
         """One line per finished phase, above the bar, so that a log file shows progress."""
@@ -71,7 +77,8 @@ class Session:
         return BatchPlan(self.config.eval_batch_size, train=False)
 
     def predict(self, model: nn.Module, split: str, indices: np.ndarray | None) -> torch.Tensor:
-        return predict(model, self.source.batches(split, indices, self.eval_plan()))
+        return predict(model, self.source.batches(split, indices, self.eval_plan()),
+                       self.config.precision)
 
     def eval_part(self, split: IILSplit) -> tuple[str, np.ndarray | None]:
         """What acc_test is measured on: the test set, or the validation slice when tuning."""
@@ -161,7 +168,8 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.update(1)
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
-    return fit(method, batches, budget, where, on_epoch).seconds, len(indices)
+    speed = Speed(config.precision, config.compile)
+    return fit(method, batches, budget, where, on_epoch, speed).seconds, len(indices)
 
 
 def base_model(session: Session, split: IILSplit) -> nn.Module:
@@ -173,6 +181,8 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
         "data": (config.data.name, config.data.image_size, config.data.crop_padding,
                  config.data.flip, config.data.options),
         "seed": config.seed, "order_seed": split.order_seed,
+        # Only when not fp32, so that the keys of models trained before the switch hold.
+        **({"precision": config.precision} if config.precision != "fp32" else {}),
     }, split.base)
     path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
     if load_base(path, model):
@@ -252,6 +262,7 @@ def open_session(config: Config, out: Path, total_epochs: int,
     """Checks the output folder, loads the data onto the device, opens the progress bar."""
     out = Path(out)
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
     prepare_output(out)
     bundle = load_dataset(config.data)
     source = DataSource(bundle, config.data, device, config.channels_last)

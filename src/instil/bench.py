@@ -1,0 +1,196 @@
+"""`instil bench speed`: where the time of a run goes, measured in one process.
+
+Every figure comes from timing real steps on the preset's model and batch size:
+- the ceiling: forward + backward + optimiser step on one batch already in memory, repeated
+  (no data path at all);
+- base training, fine-tuning and DBD through the engine's own loop (`fit`) over the
+  preset's data, with its augmentation: images per second, the data path's overhead
+  (1 − pipeline / ceiling) and the ratio of a DBD epoch to a fine-tuning epoch;
+- evaluation images per second;
+- from those rates, the cost of joint retraining at the last phase against one DBD phase
+  (the cost a user saves by promoting instead of retraining), as estimates;
+- peak memory (the device's allocator on CUDA, the process's resident set on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import platform
+import resource
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instil.config import Config, TrainConfig
+from instil.data import load_dataset
+from instil.data.loaders import BatchPlan, DataSource
+from instil.engine.device import resolve_device
+from instil.engine.evaluate import predict
+from instil.engine.fit import Speed, fit, make_optimizer
+from instil.engine.precision import autocast, check_precision
+from instil.engine.protocol import build_model, method_for
+from instil.errors import InstilError
+from instil.methods.base import Method, PhaseContext
+from instil.methods.finetune import Finetune
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of `step`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    synchronise(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronise(device)
+    return (time.perf_counter() - start) / steps
+
+
+def ceiling(model: nn.Module, shape: tuple[int, ...], classes: int, batch: int, cfg: TrainConfig,
+            speed: Speed, warmup: int, steps: int, device: torch.device,
+            channels_last: bool) -> float:
+    """Images per second of forward + backward + SGD step on one resident batch."""
+    model = copy.deepcopy(model).train()
+    x = torch.randn(batch, *shape, device=device)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), device=device)
+    optimizer = make_optimizer(model, cfg)
+
+    def step() -> None:
+        with autocast(device, speed.precision):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return batch / timed(step, warmup, steps, device)
+
+
+def pipeline(method: Method, start: nn.Module, source: DataSource, indices: np.ndarray,
+             cfg: TrainConfig, speed: Speed, warmup: int) -> float:
+    """Images per second of one epoch of `method` over `indices` through the engine's loop,
+    after a short untimed epoch (allocator, autotuning, compilation)."""
+    ctx = PhaseContext(1, 1, lambda: copy.deepcopy(start))
+    method.begin_phase(start, ctx)
+    fit(method, source.batches("train", indices[:warmup * cfg.batch_size],
+                               BatchPlan(cfg.batch_size, train=True, seed=1)),
+        dataclasses.replace(cfg, epochs=1, warmup_epochs=0), "bench warm-up", speed=speed)
+    method.begin_phase(start, ctx)
+    batches = source.batches("train", indices, BatchPlan(cfg.batch_size, train=True, seed=2))
+    result = fit(method, batches, dataclasses.replace(cfg, epochs=1, warmup_epochs=0), "bench",
+                 speed=speed)
+    return result.steps * cfg.batch_size / result.seconds
+
+
+def protocol_estimate(config: Config, n_base: int, part: float, n_test: int, base: float,
+                      finetune: float, dbd: float, eval_rate: float) -> float:
+    """Seconds of the whole protocol with methods finetune, dbd and joint over every order
+    seed, from the measured rates: M(0), the phases, joint at the last phase, and scoring
+    the test set and D(0) after each phase (twice for dbd: teacher and student)."""
+    phases = config.n_phases
+    per_seed = (config.base.epochs * n_base / base
+                + phases * config.phase.epochs * part * (1 / finetune + 1 / dbd)
+                + config.base.epochs * (n_base + phases * part) / base
+                + (1 + 3 * phases + 1) * (n_test + n_base) / eval_rate)
+    return per_seed * len(config.order_seeds)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak, data set included.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
+                batch: int | None = None) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    speed = Speed(config.precision, config.compile)
+    bundle = load_dataset(config.data)
+    source = DataSource(bundle, config.data, device, config.channels_last)
+    base_cfg = dataclasses.replace(config.base, batch_size=batch or config.base.batch_size)
+    phase_cfg = dataclasses.replace(config.phase, batch_size=batch or config.phase.batch_size)
+    torch.manual_seed(config.seed)
+    model = build_model(config, bundle, device)
+    order = np.random.default_rng(config.seed).permutation(len(bundle.train))
+    n_images = steps * phase_cfg.batch_size
+    if len(order) < n_images + warmup * phase_cfg.batch_size:
+        raise InstilError(f"{steps} steps of {phase_cfg.batch_size} need more than the "
+                          f"{len(order)} training images; lower --steps")
+    indices = order[:n_images]
+
+    top = ceiling(model, bundle.input_shape, bundle.num_classes, phase_cfg.batch_size,
+                  phase_cfg, speed, warmup, steps, device, config.channels_last)
+    base = pipeline(Finetune(), model, source, order[:steps * base_cfg.batch_size], base_cfg,
+                    speed, warmup)
+    finetune = pipeline(Finetune(), model, source, indices, phase_cfg, speed, warmup)
+    dbd = pipeline(method_for(config, "dbd"), model, source, indices, phase_cfg, speed, warmup)
+    eval_batches = source.batches("train", order[:steps * config.eval_batch_size],
+                                  BatchPlan(config.eval_batch_size, train=False))
+    eval_s = timed(lambda: predict(model, eval_batches, config.precision), 1, 1, device)
+
+    n_train = len(bundle.train)
+    n_base = round(config.base_fraction * n_train)
+    part = (n_train - n_base) / config.n_phases
+    joint_s = config.base.epochs * n_train / base
+    dbd_phase_s = config.phase.epochs * part / dbd
+    eval_rate = len(order[:steps * config.eval_batch_size]) / eval_s
+    protocol_s = protocol_estimate(config, n_base, part, len(bundle.test), base, finetune,
+                                   dbd, eval_rate)
+    return {
+        "preset": config.name, "device": describe_device(device), "torch": torch.__version__,
+        "model": config.model.name, "batch": phase_cfg.batch_size, "steps": steps,
+        "precision": config.precision, "channels_last": config.channels_last,
+        "compile": config.compile,
+        "ceiling_images_per_s": top,
+        "base_images_per_s": base, "base_of_ceiling": base / top,
+        "finetune_images_per_s": finetune, "data_path_overhead": 1 - finetune / top,
+        "dbd_images_per_s": dbd, "dbd_vs_finetune_epoch_time": finetune / dbd,
+        "eval_images_per_s": eval_rate,
+        "protocol_s_estimate": protocol_s,
+        "joint_at_last_phase_s_estimate": joint_s, "dbd_phase_s_estimate": dbd_phase_s,
+        "joint_vs_dbd_phase": joint_s / dbd_phase_s,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+
+def speed_table(r: dict[str, Any]) -> str:
+    rows = [
+        ("ceiling (resident batch, fwd+bwd+step)", f"{r['ceiling_images_per_s']:,.0f} img/s"),
+        ("base training", f"{r['base_images_per_s']:,.0f} img/s "
+                          f"({100 * r['base_of_ceiling']:.0f}% of the ceiling)"),
+        ("fine-tuning epoch", f"{r['finetune_images_per_s']:,.0f} img/s "
+                              f"(data path overhead {100 * r['data_path_overhead']:.1f}%)"),
+        ("dbd epoch", f"{r['dbd_images_per_s']:,.0f} img/s "
+                      f"({r['dbd_vs_finetune_epoch_time']:.2f}x a fine-tuning epoch's time)"),
+        ("evaluation", f"{r['eval_images_per_s']:,.0f} img/s"),
+        ("protocol: finetune, dbd, joint, all seeds (estimate)",
+         f"{r['protocol_s_estimate'] / 60:,.1f} min"),
+        ("joint at the last phase (estimate)", f"{r['joint_at_last_phase_s_estimate']:,.0f} s"),
+        ("one dbd phase (estimate)", f"{r['dbd_phase_s_estimate']:,.0f} s "
+                                     f"(joint costs {r['joint_vs_dbd_phase']:.1f}x)"),
+        ("peak memory", f"{r['peak_memory_mb']:,.0f} MiB"),
+    ]
+    head = (f"{r['preset']} · {r['model']} · batch {r['batch']} · {r['precision']}"
+            f"{' · channels_last' if r['channels_last'] else ''}"
+            f"{' · compiled' if r['compile'] else ''} · {r['device']}\n")
+    width = max(len(name) for name, _ in rows)
+    return head + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

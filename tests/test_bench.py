@@ -1,0 +1,52 @@
+"""`instil bench speed` end to end on small synthetic images (correctness, not speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instil.cli import main
+
+SYNTHETIC = ["--set", "data.name=synthetic", "--set",
+             "data.options={channels: 1, size: 12, num_classes: 4, n_train: 300, n_test: 50}",
+             "--set", "model.options={widths: [4, 4, 4]}", "--set", "device=cpu",
+             "--set", "eval_batch_size=16"]
+
+
+def test_bench_speed_writes_consistent_figures(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "speed.json"
+    code = main(["bench", "speed", "--preset", "configs/fmnist-quick.yaml", "--steps", "3",
+                 "--batch", "16", "--json", str(out), *SYNTHETIC])
+    assert code == 0, capsys.readouterr().err
+    assert "dbd epoch" in capsys.readouterr().out
+    r = json.loads(out.read_text())["figures"]
+    for key in ("ceiling_images_per_s", "base_images_per_s", "finetune_images_per_s",
+                "dbd_images_per_s", "eval_images_per_s", "peak_memory_mb"):
+        assert r[key] > 0, key
+    assert r["batch"] == 16 and r["steps"] == 3
+    assert r["data_path_overhead"] == pytest.approx(
+        1 - r["finetune_images_per_s"] / r["ceiling_images_per_s"])
+    assert r["dbd_vs_finetune_epoch_time"] == pytest.approx(
+        r["finetune_images_per_s"] / r["dbd_images_per_s"])
+
+
+def test_bench_refuses_more_steps_than_images(capsys: pytest.CaptureFixture) -> None:
+    code = main(["bench", "speed", "--preset", "configs/fmnist-quick.yaml", "--steps", "500",
+                 "--batch", "16", *SYNTHETIC])
+    assert code == 2 and "lower --steps" in capsys.readouterr().err
+
+
+def test_bf16_runs_and_fp16_needs_cuda(tmp_path: Path, toy_args: list[str],
+                                       capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, "--set", "device=cpu",
+            "--set", "methods=[finetune, dbd]", "--set", "phase.epochs=3",
+            "--set", "method_options.dbd.freeze_epochs=1"]
+    assert main(args + ["--out", str(tmp_path / "bf16"), "--set", "precision=bf16"]) == 0
+    results = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert results["config"]["precision"] == "bf16" and len(results["runs"]) == 4
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "fp16"), "--set", "precision=fp16"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
