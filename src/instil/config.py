@@ -97,6 +97,8 @@ class Config:
     # torch.compile compiles each method's loss. Measure both with `instil bench speed`.
     precision: str = "fp32"
     compile: bool = False
+    # Writes DIR/models/m0-<seed>.pt and <method>-<seed>.pt (instil checkpoints) of each run.
+    save_models: bool = True
     # Smaller than a GPU would take: on 2 CPU cores large eval batches ran slower (cache
     # misses); `instil bench` (issue 5) is where this choice gets measured.
     eval_batch_size: int = 256

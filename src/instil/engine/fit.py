@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -61,9 +61,27 @@ class Speed:
     compile: bool = False
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a phase's training stands after a finished epoch: what `fit` needs to go on
+    from there exactly as if it had not stopped (the method's own state travels apart)."""
+
+    epochs_done: int
+    step: int
+    seconds: float
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+
+
+OnProgress = Callable[[Progress], None]
+
+
 def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
-        on_epoch: OnEpoch | None = None, speed: Speed = Speed()) -> FitResult:
-    """Trains `method.trainable()` for cfg.epochs epochs over `batches`."""
+        on_epoch: OnEpoch | None = None, speed: Speed = Speed(),
+        resume: Progress | None = None, on_progress: OnProgress | None = None) -> FitResult:
+    """Trains `method.trainable()` for cfg.epochs epochs over `batches`; from `resume` on
+    when given. `on_progress` receives the loop's state after every epoch."""
     module = method.trainable()
     device = next(module.parameters()).device
     optimizer = make_optimizer(module, cfg)
@@ -76,8 +94,14 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
     warmup = cfg.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
-    start, step, last = time.perf_counter(), 0, float("nan")
-    for epoch in range(cfg.epochs):
+    first, step, done_before = 0, 0, 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        scaler.load_state_dict(resume.scaler)
+        first, step, done_before = resume.epochs_done, resume.step, resume.seconds
+    start, last = time.perf_counter(), float("nan")
+    for epoch in range(first, cfg.epochs):
         module.train()
         running = None
         for x, y in batches.epoch(epoch):
@@ -97,5 +121,9 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
         method.end_epoch(epoch)
         if on_epoch is not None:
             on_epoch(epoch, last)
+        if on_progress is not None:
+            on_progress(Progress(epoch + 1, step, done_before + time.perf_counter() - start,
+                                 optimizer.state_dict(), scheduler.state_dict(),
+                                 scaler.state_dict()))
     method.end_phase()
-    return FitResult(time.perf_counter() - start, step, last)
+    return FitResult(done_before + time.perf_counter() - start, step, last)

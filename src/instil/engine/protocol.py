@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from instil.checkpoint import of_model, rng_states, save_checkpoint
 from instil.config import Config, TrainConfig, from_dict, save_config
 from instil.data import load_dataset
 from instil.data.base import DataBundle
@@ -32,8 +33,16 @@ from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
 from instil.engine.device import derive_seed, resolve_device
 from instil.engine.evaluate import predict
-from instil.engine.fit import Speed, fit
+from instil.engine.fit import OnProgress, Progress, Speed, fit
 from instil.engine.precision import check_precision
+from instil.engine.resume import (
+    RunState,
+    load_state,
+    restore_rng,
+    rng_state,
+    save_state,
+    state_path,
+)
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.methods import create_method, options_for
@@ -146,21 +155,49 @@ def planned_epochs(config: Config, methods: list[Method]) -> int:
     return per_seed * len(config.order_seeds)
 
 
-def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
-                previous: nn.Module, tag: str, budget: TrainConfig) -> tuple[float, int]:
-    """Runs one phase of `method` from `previous`; returns its training seconds and the
-    number of samples it trained on."""
+@dataclass(frozen=True)
+class ModelFactory:
+    """PhaseContext.new_model: a fresh model seeded by the phase (a class, not a lambda, so
+    that a method holding its context can be saved for --resume)."""
+
+    session: Session
+    seed_parts: tuple
+
+    def __call__(self) -> nn.Module:
+        return self.session.new_model(*self.seed_parts)
+
+
+def batch_seed(config: Config, split: IILSplit, tag: str, phase: int) -> int:
+    return derive_seed(config.seed, split.order_seed, tag, phase, "batches")
+
+
+def phase_context(session: Session, split: IILSplit, phase: int, tag: str,
+                  budget: TrainConfig) -> PhaseContext:
     config = session.config
-    torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
-    seed = derive_seed(config.seed, split.order_seed, tag, phase, "batches")
-    ctx = PhaseContext(phase, config.n_phases,
-                       lambda: session.new_model(split.order_seed, tag, phase), split,
-                       SourceData(session.source, budget.batch_size, config.eval_batch_size,
-                                  derive_seed(seed, "method")))
-    method.begin_phase(previous, ctx)
+    return PhaseContext(phase, config.n_phases,
+                        ModelFactory(session, (split.order_seed, tag, phase)), split,
+                        SourceData(session.source, budget.batch_size, config.eval_batch_size,
+                                   derive_seed(batch_seed(config, split, tag, phase),
+                                               "method")))
+
+
+def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
+                previous: nn.Module | None, tag: str, budget: TrainConfig,
+                resume: Progress | None = None, on_progress: OnProgress | None = None
+                ) -> tuple[float, int]:
+    """Runs one phase of `method` from `previous`; returns its training seconds (the
+    method's set-up included) and the number of samples it trained on. With `resume`, the
+    method is already inside the phase (restored by --resume) and training goes on."""
+    config = session.config
+    started = time.perf_counter()
+    if resume is None:
+        torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
+        method.begin_phase(previous, phase_context(session, split, phase, tag, budget))
+    set_up = time.perf_counter() - started
     indices = method.train_indices(split, phase)
-    batches = session.source.batches("train", indices,
-                                     BatchPlan(budget.batch_size, train=True, seed=seed))
+    batches = session.source.batches(
+        "train", indices,
+        BatchPlan(budget.batch_size, train=True, seed=batch_seed(config, split, tag, phase)))
     where = f"{tag}, order seed {split.order_seed}, phase {phase}"
     session.bar.set_description(where)
 
@@ -169,7 +206,8 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
     speed = Speed(config.precision, config.compile)
-    return fit(method, batches, budget, where, on_epoch, speed).seconds, len(indices)
+    result = fit(method, batches, budget, where, on_epoch, speed, resume, on_progress)
+    return set_up + result.seconds, len(indices)
 
 
 def base_model(session: Session, split: IILSplit) -> nn.Module:
@@ -197,40 +235,98 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
     return model
 
 
-def run_method(session: Session, method: Method, start: SeedStart
-               ) -> tuple[dict[str, Any], nn.Module]:
-    """Every phase of `method` from M(0); returns its record and its last deployed model."""
-    config, split, ref = session.config, start.split, start.ref
+def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[str, Any]:
+    """The deployed model's metrics after a phase, and those of the models it reports too."""
+    split, ref = start.split, start.ref
     base_idx = split.part(0)
     test_labels = session.eval_labels(split)
     base_labels = session.source.labels("train", base_idx)
-    previous = copy.deepcopy(start.m0)
-    phases = []
+    deployed = method.deployed()
+    metrics = phase_metrics(ref, session.predict_eval(deployed, split), test_labels,
+                            session.predict(deployed, "train", base_idx), base_labels)
+    metrics.update(shift_accuracy(session, deployed, split))
+    for name, model in method.also_evaluated().items():
+        metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split), test_labels)
+        metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
+                                               base_labels)
+    return metrics
+
+
+def run_method(session: Session, method: Method, start: SeedStart,
+               state: RunState | None = None) -> tuple[dict[str, Any], nn.Module]:
+    """Every phase of `method` from M(0), or from a saved `state` on; returns its record and
+    its last deployed model. Saves its state for --resume after every epoch and phase."""
+    config, split = session.config, start.split
+    path = state_path(session.out, method.label, split.order_seed)
+    budget = method.budget(config.base, config.phase)
+    externals = {"session": session, "source": session.source}
+    if state is None:
+        state = RunState(config.to_dict(), method, [], 0, None)
+    method = state.method
+    started, wall_before = time.perf_counter(), state.wall_seconds
+
+    def save() -> None:
+        state.wall_seconds = wall_before + time.perf_counter() - started
+        save_state(path, state, externals)
+
+    previous = copy.deepcopy(start.m0) if state.phase == 0 else None
     for t in range(1, config.n_phases + 1):
-        if not method.runs_phase(t, config.n_phases):
+        if t < state.phase or (t == state.phase and state.progress is None) or \
+                not method.runs_phase(t, config.n_phases):
             continue
+        resume = state.progress if t == state.phase else None
+        if resume is not None:
+            restore_rng(state.rng)
+        elif state.phase > 0:
+            previous = method.deployed()
+
+        def saved(progress: Progress, t: int = t) -> None:
+            state.phase, state.progress, state.rng = t, progress, rng_state()
+            save()
+
         seconds, n_train = train_phase(session, method, split, t, previous, method.label,
-                                       method.budget(config.base, config.phase))
-        previous = method.deployed()
-        metrics = phase_metrics(ref, session.predict_eval(previous, split), test_labels,
-                                session.predict(previous, "train", base_idx), base_labels)
-        metrics.update(shift_accuracy(session, previous, split))
-        for name, model in method.also_evaluated().items():
-            metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split),
-                                                   test_labels)
-            metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
-                                                   base_labels)
-        phases.append({"phase": t, **metrics, "train_seconds": seconds,
-                       "n_train": n_train})
+                                       budget, resume, saved)
+        metrics = evaluate_phase(session, method, start)
+        state.phases.append({"phase": t, **metrics, "train_seconds": seconds,
+                             "n_train": n_train})
+        state.phase, state.progress, state.rng = t, None, rng_state()
+        save()
         session.log(f"{method.label} order seed {split.order_seed} phase {t}: acc_test "
                     f"{metrics['acc_test']:.2f} pp {metrics['pp']:+.2f} f {metrics['f']:+.2f} "
                     f"nfr {metrics['nfr']:.2f} ({seconds:.1f} s)")
+    deployed = method.deployed()
+    ref = start.ref
     record = {"method": method.label, "order_seed": split.order_seed,
               "uses_old_data": method.uses_old_data,
-              "parameters": sum(p.numel() for p in previous.parameters()),
+              "parameters": sum(p.numel() for p in deployed.parameters()),
               "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base, **start.shift},
-              "phases": phases}
-    return record, previous
+              "phases": state.phases,
+              "wall_seconds": wall_before + time.perf_counter() - started}
+    return record, deployed
+
+
+def save_model(session: Session, model: nn.Module, name: str,
+               history: list[dict[str, Any]]) -> None:
+    """An instil checkpoint of `model` under DIR/models/, the input of `instil promote`."""
+    config, bundle = session.config, session.source.bundle
+    ckpt = of_model(model, config.model.name, config.model.options,
+                    bundle.input_shape, bundle.classes, bundle.mean, bundle.std,
+                    config=config.to_dict(), history=history, rng=rng_states())
+    save_checkpoint(session.out / "models" / f"{name}.pt", ckpt)
+
+
+def save_final_model(session: Session, model: nn.Module, m0: nn.Module, name: str,
+                     history: list[dict[str, Any]]) -> None:
+    """Saves a method's last model when it is still the config's architecture; methods that
+    change it (DER's growing extractors, PODNet's cosine classifier) are logged, not saved,
+    since their checkpoint could not be rebuilt from the model registry (nor iCaRL's
+    nearest-mean classifier, whose class means are part of the deployed model)."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in m0.state_dict().items()}:
+        session.log(f"{name}: model not saved: its architecture is no longer "
+                    f"{session.config.model.name}")
+        return
+    save_model(session, model, name, history)
 
 
 def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> dict[str, Any]:
@@ -283,6 +379,8 @@ def start_seed(session: Session, order_seed: int) -> SeedStart:
                           None if eligible is None else eligible.numpy(),
                           config.validation_fraction, bundle.train.labels.numpy(), stream)
     m0 = base_model(session, split)
+    if config.save_models:
+        save_model(session, m0, f"m0-{order_seed}", [])
     base_idx = split.part(0)
     ref = reference(session.predict_eval(m0, split), session.eval_labels(split),
                     session.predict(m0, "train", base_idx), source.labels("train", base_idx))
@@ -300,7 +398,7 @@ def shift_accuracy(session: Session, model: nn.Module, split: IILSplit) -> dict[
 
 # Config keys that may differ between a run and the one it resumes: they choose what runs,
 # not how (a finished (method, order seed) pair is kept as it is).
-RESUMABLE_KEYS = ("name", "methods", "order_seeds")
+RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models")
 
 
 def options_of(method: Method) -> dict[str, Any]:
@@ -309,22 +407,10 @@ def options_of(method: Method) -> dict[str, Any]:
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
 
 
-def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any]]:
-    """The records of `out`/results.json to keep: with resume, those of the same protocol;
-    without, none, and an existing results.json is refused rather than overwritten."""
-    path = Path(out) / "results.json"
-    if not path.exists():
-        return []
-    if not resume:
-        raise InstilError(f"{path} exists; add --resume to continue that run (finished "
-                          "method and seed pairs are kept) or choose another --out")
+def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path) -> None:
+    """Refuses to resume from `path` when it was made with another protocol: any config key
+    other than RESUMABLE_KEYS differing (keys added since read as their defaults)."""
     try:
-        previous = json.loads(path.read_text())
-        old_config, records = previous["config"], previous["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InstilError(f"{path}: unreadable results ({e}); move it away to start over"
-                          ) from None
-    try:  # through the loader, so that keys added since then read as their defaults
         old_config = from_dict(Config, old_config, "").to_dict()
     except InstilError as e:
         raise InstilError(f"{path}: its config no longer loads ({e}); use another --out"
@@ -335,6 +421,27 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
     if differing:
         raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
                           f"this run has {new.get(differing[0])!r}; use another --out")
+
+
+def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any]]:
+    """The records of `out`/results.json to keep: with resume, those of the same protocol;
+    without, none, and an existing run (finished or interrupted) is refused rather than
+    overwritten."""
+    path = Path(out) / "results.json"
+    interrupted = sorted((Path(out) / "state").glob("*.pkl"))
+    if not resume and (path.exists() or interrupted):
+        found = path if path.exists() else interrupted[0]
+        raise InstilError(f"{found} exists; add --resume to continue that run (finished "
+                          "work is kept) or choose another --out")
+    if not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+        old_config, records = previous["config"], previous["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InstilError(f"{path}: unreadable results ({e}); move it away to start over"
+                          ) from None
+    check_same_protocol(old_config, config, path)
     kept = []
     for record in records:
         if record["method"] not in config.methods or record["order_seed"] not in \
@@ -348,6 +455,21 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
                               "use another --out")
         kept.append(record)
     return kept
+
+
+def interrupted_run(session: Session, name: str, order_seed: int) -> RunState | None:
+    """The saved state of an unfinished run of `name` on `order_seed`, if there is one."""
+    path = state_path(session.out, name, order_seed)
+    if not path.exists():
+        return None
+    state = load_state(path, {"session": session, "source": session.source})
+    check_same_protocol(state.config, session.config, path)
+    if options_of(state.method) != options_of(method_for(session.config, name)):
+        raise InstilError(f"{path}: {name} ran with options {options_of(state.method)}; "
+                          "they changed since; use another --out")
+    session.log(f"{name} order seed {order_seed}: resumed after phase {state.phase}"
+                + (f", epoch {state.progress.epochs_done}" if state.progress else ""))
+    return state
 
 
 def run_protocol(config: Config, out: Path, show_progress: bool = True,
@@ -366,10 +488,13 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                 start = start or start_seed(session, order_seed)
                 # A fresh method per order seed: no state leaks from one seed's run to another.
                 method = method_for(config, name)
-                started = time.perf_counter()
-                run, _ = run_method(session, method, start)
+                state = interrupted_run(session, name, order_seed) if resume else None
+                run, model = run_method(session, method, start, state)
+                if config.save_models:
+                    save_final_model(session, model, start.m0, f"{name}-{order_seed}",
+                                     run["phases"])
                 run["options"] = options_of(method)
-                run["wall_seconds"] = time.perf_counter() - started
                 runs.append(run)
                 write_results(session, runs, final=False)
+                state_path(out, name, order_seed).unlink(missing_ok=True)
         return write_results(session, runs, final=True)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from torch import nn
 from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import register_method
-from instil.methods.base import Method, PhaseContext, PhaseData
+from instil.methods.base import Method, PhaseContext
 from instil.methods.memory import ExemplarMemory, Selector, herding_selector, random_selector
 from instil.models.classifier import Classifier
 
@@ -146,7 +145,8 @@ class DER(Method):
         previous = copy.deepcopy(previous)
         extractors, dims = extractors_of(previous)
         self.data, self.new = ctx.data, ctx.split.part(ctx.phase)
-        self.selector = self.make_selector(ctx.data)
+        # Random draws come from a generator seeded by torch's RNG (which the engine seeds).
+        self.generator = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
         if self.memory is None:
             self.memory = ExemplarMemory(self.options.per_class, ctx.data.num_classes)
         if not len(self.memory):  # what base training on D(0) would have left behind
@@ -167,12 +167,12 @@ class DER(Method):
         self.parts = nn.ModuleDict({"extractor": extractor, "head": self.model.head,
                                     "aux": self.aux})
 
-    def make_selector(self, data: PhaseData) -> Callable[[nn.Module], Selector]:
-        """(features) -> Selector; random draws from a generator seeded by torch's seeded RNG."""
+    def selector(self, features: nn.Module) -> Selector:
+        """The exemplar selector of the options, herding on `features` or random. Built on
+        demand rather than kept, so that the method holds no closure (--resume pickles it)."""
         if self.options.selector == "random":
-            generator = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-            return lambda features: random_selector(generator)
-        return lambda features: herding_selector(features, data)
+            return random_selector(self.generator)
+        return herding_selector(features, self.data)
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
         return np.concatenate([split.part(phase), self.memory.indices()])

@@ -7,7 +7,8 @@ continual learning", ICML 2018 (one running Fisher matrix instead of one per tas
 Adapted to IIL (every class is an old class, no new heads): a "task" is a phase's data. The
 diagonal Fisher F is estimated on the data of the phase that just ended, with the model that
 phase produced: on D(0) with M(0) when phase 1 begins, then on D(t) with M(t) when phase t
-ends. It is accumulated online, F ← gamma·F + F_new, and the anchor θ* is M(t-1), the
+ends. It is accumulated online, F ← gamma·F + (|D(t)|/|D(0)|)·F_new (F_new is a per-sample
+mean, so the weight sums evidence by sample count), and the anchor θ* is M(t-1), the
 parameters at the end of the previous phase. Phase t trains from M(t-1) with
 
     loss = CE(S(x), y) + (lambda_ewc / 2) · Σ_i F_i · (θ_i − θ*_i)²
@@ -142,11 +143,12 @@ def fisher_diagonal(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     return {n: t / count for n, t in total.items()}
 
 
-def accumulate(fisher: Tensors | None, new: Tensors, gamma: float) -> Tensors:
-    """Online EWC: F ← gamma·F + F_new (F_new alone when there is no F yet)."""
+def accumulate(fisher: Tensors | None, new: Tensors, gamma: float,
+               weight: float = 1.0) -> Tensors:
+    """Online EWC: F ← gamma·F + weight·F_new (F_new alone when there is no F yet)."""
     if fisher is None:
         return new
-    return {n: gamma * fisher[n] + new[n] for n in new}
+    return {n: gamma * fisher[n] + weight * new[n] for n in new}
 
 
 def ewc_penalty(params: Tensors, fisher: Tensors, anchor: Tensors) -> torch.Tensor:
@@ -195,7 +197,11 @@ class EWC(Finetune):
         ctx = self.ctx
         if ctx.phase < ctx.n_phases:  # the last phase's Fisher would never be used
             new = self.estimate(ctx.data, ctx.split.part(ctx.phase))
-            self.fisher = accumulate(self.fisher, new, self.options.gamma)
+            # Each Fisher is a per-sample mean; weighting it by its part's size relative to
+            # D(0) sums the evidence as the Laplace recursion does (a D(t) of a tenth of
+            # D(0)'s size adds a tenth of its precision), so lambda_ewc stays "per D(0)".
+            weight = len(ctx.split.part(ctx.phase)) / len(ctx.split.part(0))
+            self.fisher = accumulate(self.fisher, new, self.options.gamma, weight)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "fisher": self.fisher}

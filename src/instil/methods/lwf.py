@@ -36,7 +36,9 @@ from instil.methods.finetune import Finetune
 
 @dataclass(frozen=True)
 class LwFOptions:
-    lambda_kd: float = 1.0  # paper: λ_o = 1 "for most experiments"
+    # The paper's λ_o = 1 weighs its soft cross-entropy without T²; with Hinton's T² (here)
+    # the distillation pulls T² = 4 times harder at T = 2. 1 is this project's choice.
+    lambda_kd: float = 1.0
     temperature: float = 2.0  # paper: T = 2
 
     def __post_init__(self) -> None:

@@ -1,0 +1,91 @@
+"""--resume after an interruption ends with the numbers of an uninterrupted run, for every
+method; a `kill -9` of a real process mid-phase included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import instil.engine.protocol as protocol
+from instil.cli import main
+from instil.methods import METHODS
+
+# Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase.
+RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
+               "--set", "order_seeds=[0]", "--set", "save_models=false"]
+
+
+def numbers(out: Path) -> list[dict]:
+    """Every metric of every phase of results.json, without the timings."""
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    return [{"method": r["method"], "parameters": r["parameters"], "base": r["base"],
+             "phases": [{k: v for k, v in p.items() if k != "train_seconds"}
+                        for p in r["phases"]]} for r in runs]
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resume_after_an_interruption_gives_the_same_numbers(
+        method: str, tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
+            "--set", f"methods=[{method}]"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+
+    saves = []
+    real_save = protocol.save_state
+    # Phase 1's 3 epochs and its end, then 1 epoch into phase 2 (onpro: 1 epoch a phase, so
+    # into phase 3); joint trains once, after the last phase: 2 of its 3 epochs.
+    stop_at = 2 if method == "joint" else 5
+
+    def save_then_stop(*a, **k) -> None:
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == stop_at:
+            raise Interrupted
+
+    monkeypatch.setattr(protocol, "save_state", save_then_stop)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        main(args + ["--out", str(cut)])
+    monkeypatch.setattr(protocol, "save_state", real_save)
+    assert not (cut / "results.json").exists() and list((cut / "state").glob("*.pkl"))
+    capsys.readouterr()
+    assert main(args + ["--out", str(cut)]) == 2  # an interrupted run is not overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--out", str(cut), "--resume"]) == 0
+    assert numbers(cut) == numbers(tmp_path / "whole")
+    assert not list((cut / "state").glob("*.pkl"))  # cleaned up once finished
+
+
+def test_kill_9_mid_phase_then_resume(tmp_path: Path, toy_args: list[str]) -> None:
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args,
+            "--set", "methods=[dbd]", "--set", "order_seeds=[0]", "--set", "n_phases=4",
+            "--set", "phase.epochs=40", "--set", "method_options.dbd.freeze_epochs=5",
+            "--set", "save_models=false"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "instil", *args, "--out", str(cut)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = cut / "state" / "dbd-0.pkl"
+    deadline = time.monotonic() + 60
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # land somewhere inside a phase
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if (cut / "results.json").exists():
+        pytest.skip("the run finished before the kill landed")
+    assert main(args + ["--out", str(cut), "--resume"]) == 0
+    assert numbers(cut) == numbers(tmp_path / "whole")
