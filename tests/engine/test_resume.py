@@ -89,3 +89,44 @@ def test_kill_9_mid_phase_then_resume(tmp_path: Path, toy_args: list[str]) -> No
         pytest.skip("the run finished before the kill landed")
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert numbers(cut) == numbers(tmp_path / "whole")
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from instil.methods.finetune import Finetune
+
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
+            "--set", "methods=[finetune]"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    real_loss, calls = Finetune.loss, []
+
+    def poisoned(self, x, y):
+        calls.append(1)
+        loss = real_loss(self, x, y)
+        return loss * float("nan") if len(calls) > 4 else loss  # phase 2 (3 steps a phase)
+
+    monkeypatch.setattr(Finetune, "loss", poisoned)
+    cut = tmp_path / "cut"
+    capsys.readouterr()
+    assert main(args + ["--out", str(cut)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "the loss became nan" in err[0] and "phase 2" in err[0]
+    assert (cut / "state" / "finetune-0.pkl").exists()  # the last good epoch, kept
+    monkeypatch.setattr(Finetune, "loss", real_loss)
+    assert main(args + ["--out", str(cut), "--resume"]) == 0
+    assert numbers(cut) == numbers(tmp_path / "whole")
+
+
+def test_a_full_disk_fails_before_training(tmp_path: Path, toy_args: list[str],
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))
+    assert main(["run", "configs/toy2d.yaml", "--no-progress", *toy_args,
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "MB free" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # M(0) was never trained

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -122,16 +123,26 @@ class SourceData:
         return self.source.labels("train", indices)
 
 
+# Below this, a run would fail while writing its results, models or resume state, perhaps
+# hours in; a run of the presets writes a few MB (ResNet-18 checkpoints ~45 MB each).
+MIN_FREE_MB = 200
+
+
 def prepare_output(out: Path) -> None:
-    """Fails before any training when the output folder cannot be written."""
+    """Fails before any training when the output folder cannot be written or its disk is
+    (nearly) full."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
+        free_mb = shutil.disk_usage(out).free / 2**20
     except OSError as e:
         raise InstilError(f"{out}: cannot write the output folder ({e.strerror}); "
                           "choose another --out") from None
+    if free_mb < MIN_FREE_MB:
+        raise InstilError(f"{out}: only {free_mb:.0f} MB free on its disk (a run needs at "
+                          f"least {MIN_FREE_MB} MB); free some space or choose another --out")
 
 
 def create_methods(config: Config) -> list[Method]:
