@@ -54,7 +54,88 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     speed.add_argument("--set", dest="overrides", action="append", default=[],
                        help="override a config key, e.g. --set precision=bf16")
+    add_promote_parsers(sub)
     return parser
+
+
+def add_promote_parsers(sub: argparse._SubParsersAction) -> None:
+    """`instil promote` and `instil images` (the image folders it reads)."""
+    promote = sub.add_parser("promote", help="promote a deployed model with new labelled images")
+    promote.add_argument("--model", type=Path, required=True, metavar="CKPT",
+                         help="an instil checkpoint, or a torchvision state dict with --arch")
+    promote.add_argument("--new-data", type=Path, required=True, metavar="DIR",
+                         help="new labelled images, one sub-folder per class of the model")
+    promote.add_argument("--holdout", type=Path, metavar="DIR",
+                         help="images scored before and after (default: 20%% of --new-data)")
+    promote.add_argument("--method", default="dbd", help="an IIL method without old data "
+                         "(default dbd)")
+    promote.add_argument("--out", type=Path, required=True, metavar="NEW_CKPT",
+                         help="the promoted checkpoint, written only if the gate passes")
+    promote.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    promote.add_argument("--min-gain", type=float, default=0.0, metavar="X",
+                         help="least holdout accuracy gain, in points (default 0.0)")
+    promote.add_argument("--max-nfr", type=float, default=2.0, metavar="Y",
+                         help="most negative flips, in %% of the holdout (default 2.0)")
+    promote.add_argument("--arch", help="architecture of a torchvision state dict, e.g. "
+                         "resnet18")
+    promote.add_argument("--classes", type=Path, metavar="FILE",
+                         help="class names of a torchvision state dict, one per line")
+    promote.add_argument("--image-size", type=int, default=224,
+                         help="input size of a torchvision state dict (default 224)")
+    promote.add_argument("--epochs", type=int, default=12, help="default 12")
+    promote.add_argument("--lr", type=float, default=0.01, help="default 0.01")
+    promote.add_argument("--batch-size", type=int, default=64, help="default 64")
+    promote.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE",
+                         help="a config key, e.g. method_options.dbd.sigma=0.5 (repeatable)")
+    promote.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    promote.add_argument("--report", type=Path, metavar="DIR",
+                         help="folder of the reports (default: beside --out)")
+    promote.add_argument("--seed", type=int, default=0, help="default 0")
+    promote.add_argument("--no-progress", action="store_true", help="no progress bar")
+    images = sub.add_parser("images", help="write a data set's images as PNG class folders")
+    images.add_argument("dataset", choices=["fmnist"])
+    images.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="a new or empty folder; images go to DIR/<class>/")
+    images.add_argument("--split", choices=["train", "test"], required=True)
+    images.add_argument("--count", type=int, required=True, help="images, drawn at random")
+    images.add_argument("--seed", type=int, default=0, help="default 0")
+    images.add_argument("--root", type=Path,
+                        help="folder of the IDX files (default: $INSTIL_DATA, the system copy)")
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from instil.promote import PromoteRequest, promote, report_markdown
+
+    request = PromoteRequest(
+        model=args.model, new_data=args.new_data, out=args.out, holdout=args.holdout,
+        method=args.method, arch=args.arch, classes=args.classes, image_size=args.image_size,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        overrides=tuple(args.overrides), device=args.device, seed=args.seed,
+        min_gain=args.min_gain, max_nfr=args.max_nfr, report_dir=args.report,
+        overwrite=args.overwrite, show_progress=not args.no_progress)
+    outcome = promote(request)
+    print(report_markdown(outcome.report), end="")
+    reports = " and ".join(str(p) for p in outcome.report_files)
+    if not outcome.passed:
+        print(f"instil: not promoted: {outcome.report['gate']['reason']}; {args.out} not "
+              f"written (reports: {reports})", file=sys.stderr)
+        return 3
+    print(f"wrote {args.out} and {reports}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from instil.config import DataConfig
+    from instil.data import load_dataset
+    from instil.data.export import write_class_folders
+
+    bundle = load_dataset(DataConfig(name=args.dataset,
+                                     root=str(args.root) if args.root else None))
+    written = write_class_folders(args.out, bundle, args.split, args.count, args.seed)
+    print(f"wrote {sum(written.values())} {args.split} images of {args.dataset} to {args.out}: "
+          + ", ".join(f"{name} {written[name]}" for name in bundle.classes if written[name]))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -75,13 +156,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from instil.engine import distributed
+    from instil.engine.device import resolve_device
     from instil.engine.protocol import run_protocol
     from instil.report import base_line, summary_table
 
     config = load_named(args)
     out = args.out or Path("runs") / config.name
-    results = run_protocol(config, out, show_progress=not args.no_progress,
-                           resume=args.resume)
+    w = distributed.start(resolve_device(config.device).type)
+    try:
+        results = run_protocol(config, out, show_progress=not args.no_progress,
+                               resume=args.resume)
+    finally:
+        distributed.stop()
+    if not w.main:
+        return 0
     print(base_line(results["runs"]))
     print(summary_table(results["summary"]))
     print(f"wrote {out}/results.json, summary.md, curves.png")
@@ -170,7 +259,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
-            "boundary": cmd_boundary, "compare": cmd_compare, "bench": cmd_bench}
+            "boundary": cmd_boundary, "compare": cmd_compare, "bench": cmd_bench,
+            "promote": cmd_promote, "images": cmd_images}
 
 
 def one_line(error: BaseException) -> str:

@@ -97,6 +97,8 @@ class Config:
     # torch.compile compiles each method's loss. Measure both with `instil bench speed`.
     precision: str = "fp32"
     compile: bool = False
+    # Under torchrun: normalise with BatchNorm statistics over all ranks (CUDA only).
+    sync_batchnorm: bool = False
     # Writes DIR/models/m0-<seed>.pt and <method>-<seed>.pt (instil checkpoints) of each run.
     save_models: bool = True
     # Smaller than a GPU would take: on 2 CPU cores large eval batches ran slower (cache

@@ -33,6 +33,16 @@ class BatchPlan:
     batch_size: int
     train: bool
     seed: int = 0
+    # Data-parallel training: this process takes shard `rank` of `world` of every epoch.
+    rank: int = 0
+    world: int = 1
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's disjoint, equal share of an epoch's order (all of it alone)."""
+        if self.world == 1:
+            return order
+        n = len(order) // self.world
+        return order[self.rank * n:(self.rank + 1) * n]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -75,6 +85,8 @@ class TensorBatches:
 
     def __len__(self) -> int:
         n, bs = len(self.indices), self.plan.batch_size
+        if self.plan.train:
+            n //= self.plan.world
         # Training drops the last partial batch (a batch of one breaks BatchNorm), but always
         # keeps at least one batch so that a part smaller than a batch is still learnt.
         return max(1, n // bs) if self.plan.train else -(-n // bs)
@@ -83,7 +95,10 @@ class TensorBatches:
         g = epoch_generator(self.plan.seed, epoch)
         order = self.indices
         if self.plan.train:
-            order = order[torch.randperm(len(order), generator=g).to(order.device)]
+            order = self.plan.shard(order[torch.randperm(len(order), generator=g)
+                                          .to(order.device)])
+            if self.plan.world > 1:  # each rank its own crops and flips
+                g = epoch_generator(self.plan.seed + self.plan.rank, epoch)
         bs = self.plan.batch_size
         for b in range(len(self)):
             idx = order[b * bs:(b + 1) * bs]
@@ -120,6 +135,21 @@ class FileImages(Dataset):
         return self.transform(read_image(self.paths[j], self.mode)), self.labels[j]
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """This rank's shard of a shuffled order that every rank draws alike (same generator
+    seed), so that the shards are disjoint: DistributedSampler's idea, keyed by our seeds."""
+
+    def __init__(self, n: int, plan: BatchPlan, generator: torch.Generator) -> None:
+        self.n, self.plan, self.generator = n, plan, generator
+
+    def __len__(self) -> int:
+        return self.n // self.plan.world
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.n, generator=self.generator)
+        return iter(self.plan.shard(order).tolist())
+
+
 class FileBatches:
     """Streams a file data set through a DataLoader with persistent, pinned workers."""
 
@@ -131,9 +161,13 @@ class FileBatches:
                             plan.train, mode)
         self.generator = torch.Generator()
         self.plan, self.device, self.normalise = plan, device, normalise
+        sharded = plan.train and plan.world > 1
+        sampler = ShardSampler(len(images), plan, self.generator) if sharded else None
+        per_rank = len(images) // plan.world if plan.train else len(images)
         self.loader = DataLoader(
-            images, batch_size=plan.batch_size, shuffle=plan.train, drop_last=plan.train
-            and len(images) > plan.batch_size, num_workers=config.workers,
+            images, batch_size=plan.batch_size, shuffle=plan.train and not sharded,
+            sampler=sampler, drop_last=plan.train and per_rank > plan.batch_size,
+            num_workers=config.workers,
             pin_memory=device.type == "cuda",
             # Evaluation loaders are iterated once: keeping their workers alive would only
             # hold processes until garbage collection.

@@ -11,6 +11,7 @@ import torch
 
 from instil.config import TrainConfig
 from instil.data.loaders import Batches
+from instil.engine.distributed import broadcast_buffers, data_parallel, world
 from instil.engine.precision import autocast, grad_scaler
 from instil.errors import InstilError
 from instil.methods.base import Method
@@ -59,6 +60,7 @@ class Speed:
 
     precision: str = "fp32"
     compile: bool = False
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,16 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
     device = next(module.parameters()).device
     optimizer = make_optimizer(module, cfg)
     scaler = grad_scaler(device, speed.precision)
+    # Under torchrun, DDP wraps the method's loss with the trainable module (see
+    # engine.distributed); alone, the loss is called as it is.
+    if world().distributed and speed.sync_batchnorm:
+        # Swaps the BatchNorm layers inside `module` in place, so the method's references
+        # to the module (and to the model that contains it) stay valid.
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    forward = data_parallel(module, method.loss, device) if world().distributed else method.loss
     # Compiling the whole loss lets the compiler fuse the method's several passes; the
     # method object itself stays plain Python (its hooks run between compiled calls).
-    loss_of = torch.compile(method.loss) if speed.compile else method.loss
+    loss_of = torch.compile(forward) if speed.compile else forward
     steps_per_epoch = len(batches)
     total = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
@@ -118,6 +127,7 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
             if step % LOG_EVERY == 0:
                 check_finite(loss, where)
         last = check_finite(running / steps_per_epoch, f"{where}, epoch {epoch + 1}")
+        broadcast_buffers(module)  # one set of BatchNorm statistics before the epoch hooks
         method.end_epoch(epoch)
         if on_epoch is not None:
             on_epoch(epoch, last)

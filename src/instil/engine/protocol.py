@@ -33,6 +33,14 @@ from instil.data.split import IILSplit, prepare_split
 from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
 from instil.engine.device import derive_seed, resolve_device
+from instil.engine.distributed import (
+    barrier,
+    broadcast_object,
+    broadcast_state,
+    check_replicas,
+    gather_interleaved,
+    world,
+)
 from instil.engine.evaluate import predict
 from instil.engine.fit import OnProgress, Progress, Speed, fit
 from instil.engine.precision import check_precision
@@ -80,15 +88,24 @@ class Session:
         return build_model(self.config, self.source.bundle, self.device)
 
     def log(self, line: str) -> None:
-        """One line per finished phase, above the bar, so that a log file shows progress."""
-        self.bar.write(line, file=sys.stderr)
+        """One line per finished phase, above the bar, so that a log file shows progress
+        (rank 0's only, under torchrun)."""
+        if world().main:
+            self.bar.write(line, file=sys.stderr)
 
     def eval_plan(self) -> BatchPlan:
         return BatchPlan(self.config.eval_batch_size, train=False)
 
     def predict(self, model: nn.Module, split: str, indices: np.ndarray | None) -> torch.Tensor:
-        return predict(model, self.source.batches(split, indices, self.eval_plan()),
-                       self.config.precision)
+        """Predictions in data order; under torchrun each rank scores every size-th sample
+        and the ranks' shares are gathered, so every rank gets the same, whole answer."""
+        w = world()
+        if indices is None:
+            indices = np.arange(len(getattr(self.source.bundle, split)))
+        mine = indices[w.rank::w.size]
+        local = predict(model, self.source.batches(split, mine, self.eval_plan()),
+                        self.config.precision)
+        return gather_interleaved(local, len(indices))
 
     def eval_part(self, split: IILSplit) -> tuple[str, np.ndarray | None]:
         """What acc_test is measured on: the test set, or the validation slice when tuning."""
@@ -201,14 +218,17 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
     method is already inside the phase (restored by --resume) and training goes on."""
     config = session.config
     started = time.perf_counter()
+    w = world()
     if resume is None:
         torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
         method.begin_phase(previous, phase_context(session, split, phase, tag, budget))
+        if w.distributed:  # training noise (dusting, mixing) of its own on every rank
+            torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase, w.rank))
     set_up = time.perf_counter() - started
     indices = method.train_indices(split, phase)
-    batches = session.source.batches(
-        "train", indices,
-        BatchPlan(budget.batch_size, train=True, seed=batch_seed(config, split, tag, phase)))
+    plan = BatchPlan(budget.batch_size, train=True, seed=batch_seed(config, split, tag, phase),
+                     rank=w.rank, world=w.size)
+    batches = session.source.batches("train", indices, plan)
     where = f"{tag}, order seed {split.order_seed}, phase {phase}"
     session.bar.set_description(where)
 
@@ -216,7 +236,7 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.update(1)
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
-    speed = Speed(config.precision, config.compile)
+    speed = Speed(config.precision, config.compile, config.sync_batchnorm)
     result = fit(method, batches, budget, where, on_epoch, speed, resume, on_progress)
     return set_up + result.seconds, len(indices)
 
@@ -234,13 +254,16 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
         **({"precision": config.precision} if config.precision != "fp32" else {}),
     }, split.base)
     path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
-    if load_base(path, model):
+    # Rank 0's cache decides (other machines may not share its disk); it sends the weights.
+    if broadcast_object(load_base(path, model) if world().main else None):
+        broadcast_state(model)
         session.bar.update(config.base.epochs)
         return model
     trainer = Finetune()
     seconds, _ = train_phase(session, trainer, split, 0, model, "base", config.base)
     model = trainer.deployed()
-    save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds})
+    if world().main:
+        save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds})
     session.log(f"M(0) of order seed {split.order_seed} trained in {seconds:.1f} s, "
                 f"cached as {path}")
     return model
@@ -268,7 +291,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
     """Every phase of `method` from M(0), or from a saved `state` on; returns its record and
     its last deployed model. Saves its state for --resume after every epoch and phase."""
     config, split = session.config, start.split
-    path = state_path(session.out, method.label, split.order_seed)
+    path = state_path(session.out, method.label, split.order_seed, world())
     budget = method.budget(config.base, config.phase)
     externals = {"session": session, "source": session.source}
     if state is None:
@@ -297,6 +320,11 @@ def run_method(session: Session, method: Method, start: SeedStart,
 
         seconds, n_train = train_phase(session, method, split, t, previous, method.label,
                                        budget, resume, saved)
+        digest = check_replicas(method.deployed(), f"{method.label}, order seed "
+                                                   f"{split.order_seed}, phase {t}")
+        if world().distributed:
+            session.log(f"{method.label} order seed {split.order_seed} phase {t}: the "
+                        f"{world().size} ranks' deployed models agree (digest {digest})")
         metrics = evaluate_phase(session, method, start)
         state.phases.append({"phase": t, **metrics, "train_seconds": seconds,
                              "n_train": n_train})
@@ -319,6 +347,8 @@ def run_method(session: Session, method: Method, start: SeedStart,
 def save_model(session: Session, model: nn.Module, name: str,
                history: list[dict[str, Any]]) -> None:
     """An instil checkpoint of `model` under DIR/models/, the input of `instil promote`."""
+    if not world().main:
+        return
     config, bundle = session.config, session.source.bundle
     ckpt = of_model(model, config.model.name, config.model.options,
                     bundle.input_shape, bundle.classes, bundle.mean, bundle.std,
@@ -345,6 +375,8 @@ def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> 
     scored_on = "validation" if session.config.validation_fraction > 0 else "test"
     results = {"config": session.config.to_dict(), "complete": final, "acc_test_on": scored_on,
                "runs": runs, "summary": rows}
+    if not world().main:
+        return results
     atomic_write_json(session.out / "results.json", results)
     if final:
         atomic_write_text(session.out / "summary.md",
@@ -368,15 +400,19 @@ def open_session(config: Config, out: Path, total_epochs: int,
                  show_progress: bool = True) -> Iterator[Session]:
     """Checks the output folder, loads the data onto the device, opens the progress bar."""
     out = Path(out)
-    device = resolve_device(config.device)
+    w = world()
+    device = resolve_device(config.device, w.local_rank)
     check_precision(config.precision, device)
+    if config.sync_batchnorm and device.type != "cuda":
+        raise InstilError("sync_batchnorm needs CUDA devices (NCCL); drop it on the CPU")
     prepare_output(out)
     bundle = load_dataset(config.data)
     source = DataSource(bundle, config.data, device, config.channels_last)
-    save_config(config, out / "config.yaml")
+    if w.main:
+        save_config(config, out / "config.yaml")
     # disable=None turns the bar off when stderr is not a terminal (logs get one line a phase).
     with tqdm(total=total_epochs, unit="epoch", dynamic_ncols=True,
-              disable=None if show_progress else True) as bar:
+              disable=None if show_progress and w.main else True) as bar:
         yield Session(config, source, device, out, bar)
 
 
@@ -385,10 +421,14 @@ def start_seed(session: Session, order_seed: int) -> SeedStart:
     bundle = source.bundle
     eligible = bundle.train.base_eligible
     stream = plan_stream(config.split, bundle, order_seed, config.seed)
+    if not world().main:
+        barrier()  # rank 0 writes the manifest first; the others then read it
     split = prepare_split(session.out, len(bundle.train), order_seed, config.base_fraction,
                           config.n_phases, bundle.fingerprint,
                           None if eligible is None else eligible.numpy(),
                           config.validation_fraction, bundle.train.labels.numpy(), stream)
+    if world().main:
+        barrier()
     m0 = base_model(session, split)
     if config.save_models:
         save_model(session, m0, f"m0-{order_seed}", [])
@@ -470,7 +510,7 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
 
 def interrupted_run(session: Session, name: str, order_seed: int) -> RunState | None:
     """The saved state of an unfinished run of `name` on `order_seed`, if there is one."""
-    path = state_path(session.out, name, order_seed)
+    path = state_path(session.out, name, order_seed, world())
     if not path.exists():
         return None
     state = load_state(path, {"session": session, "source": session.source})
@@ -486,7 +526,8 @@ def interrupted_run(session: Session, name: str, order_seed: int) -> RunState | 
 def run_protocol(config: Config, out: Path, show_progress: bool = True,
                  resume: bool = False) -> dict[str, Any]:
     methods = create_methods(config)
-    finished = {(r["method"], r["order_seed"]): r for r in finished_runs(config, out, resume)}
+    kept = finished_runs(config, out, resume) if world().main else None
+    finished = {(r["method"], r["order_seed"]): r for r in broadcast_object(kept)}
     runs: list[dict[str, Any]] = []
     with open_session(config, out, planned_epochs(config, methods), show_progress) as session:
         for order_seed in config.order_seeds:
@@ -507,5 +548,7 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                 run["options"] = options_of(method)
                 runs.append(run)
                 write_results(session, runs, final=False)
-                state_path(out, name, order_seed).unlink(missing_ok=True)
+                state_path(out, name, order_seed, world()).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder goes once the last state has
+            (Path(out) / "state").rmdir()
         return write_results(session, runs, final=True)

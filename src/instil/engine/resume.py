@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from instil.engine.distributed import World
 from instil.engine.fit import Progress
 from instil.errors import InstilError
 from instil.io import atomic_write_bytes
@@ -58,8 +59,11 @@ class _Unpickler(pickle.Unpickler):
         return self.externals[pid]
 
 
-def state_path(out: Path, method: str, order_seed: int) -> Path:
-    return Path(out) / "state" / f"{method}-{order_seed}.pkl"
+def state_path(out: Path, method: str, order_seed: int, w: World | None = None) -> Path:
+    """One file per method and seed; under torchrun one per rank too (each rank's random
+    state differs)."""
+    rank = f".rank{w.rank}" if w is not None and w.distributed else ""
+    return Path(out) / "state" / f"{method}-{order_seed}{rank}.pkl"
 
 
 def rng_state() -> dict[str, Any]:

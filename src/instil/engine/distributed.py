@@ -1,0 +1,171 @@
+"""Data-parallel training under `torchrun`: one process per device, PyTorch's own
+DistributedDataParallel, nothing home-made.
+
+What each rank does, and why:
+- it trains on its own shard of every epoch's order (the order is the same on all ranks, so
+  the shards are disjoint and cover the part); the global batch is the per-rank batch times
+  the world size;
+- it wraps the method's loss in one module (`LossModule`) around the trainable module, so
+  that DDP sees every forward of every method, whatever its loss does inside;
+- it draws its own randomness for training (dusting noise, mixing) but the same for what
+  must be identical everywhere (initialisation, exemplar choices, EMA), so the teacher and
+  every memory stay the same on every rank; at each epoch's end the trainable module's
+  buffers (BatchNorm statistics, which each rank updated on its shard) are broadcast from
+  rank 0 before the method's epoch hooks (KC-EMA) read them;
+- evaluation is sharded and the predictions gathered, so every rank computes the same metrics;
+- only rank 0 writes files and prints.
+A digest of the deployed model is compared across ranks after every phase: replicas that
+drifted apart stop the run instead of producing silently different models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from instil.errors import InstilError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+_world = World()
+
+
+def world() -> World:
+    """This process's place in the job (a single process unless launched by torchrun)."""
+    return _world
+
+
+def start(device_type: str) -> World:
+    """Joins the torchrun job described by the environment, if there is one."""
+    global _world
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        _world = World()
+        return _world
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    _world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return _world
+
+
+def stop() -> None:
+    global _world
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _world = World()
+
+
+def shard(order: torch.Tensor | np.ndarray, w: World) -> torch.Tensor | np.ndarray:
+    """This rank's disjoint, equal-sized share of an order (the remainder is dropped so that
+    every rank takes the same number of steps: DDP needs them in lock step)."""
+    if not w.distributed:
+        return order
+    n = len(order) // w.size
+    return order[w.rank * n:(w.rank + 1) * n]
+
+
+class LossModule(nn.Module):
+    """The trainable module with the method's loss as its forward, for DDP to wrap: the
+    method's forwards run inside DDP's forward, so its gradient hooks see all of them."""
+
+    def __init__(self, trainable: nn.Module, loss) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(x, y)
+
+
+def data_parallel(module: nn.Module, loss, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # A method may leave part of its trainable module unused in a step (e.g. an auxiliary
+    # head only used at some phases): let DDP find such parameters instead of hanging.
+    return DistributedDataParallel(LossModule(module, loss), device_ids=ids,
+                                   find_unused_parameters=True)
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank."""
+    if world().distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def broadcast_state(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    if world().distributed:
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+
+def broadcast_object(value):
+    """Rank 0's value of a picklable object on every rank."""
+    if not world().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_interleaved(local: torch.Tensor, total: int) -> torch.Tensor:
+    """The inverse of taking order[rank::size]: every rank's slice put back in place."""
+    w = world()
+    if not w.distributed:
+        return local
+    parts: list = [None] * w.size
+    dist.all_gather_object(parts, local.cpu())
+    out = torch.empty(total, dtype=local.dtype)
+    for rank, part in enumerate(parts):
+        out[rank::w.size] = part
+    return out
+
+
+def digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_replicas(module: nn.Module, what: str) -> str:
+    """The module's digest; every rank must have the same, or the run stops."""
+    mine = digest(module)
+    w = world()
+    if w.distributed:
+        digests: list = [None] * w.size
+        dist.all_gather_object(digests, mine)
+        if len(set(digests)) > 1:
+            raise InstilError(f"{what}: the ranks' models differ ({', '.join(digests)}); "
+                              "a method keeps rank-dependent state (report it)")
+    return mine
+
+
+def barrier() -> None:
+    if world().distributed:
+        dist.barrier()
