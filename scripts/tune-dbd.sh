@@ -22,9 +22,9 @@ POINTS=(
   "dbd-b2|[dbd]|method_options.dbd.beta=2"
   "dbd-lo2|[dbd]|method_options.dbd.lambda_out=2"
   "dbd-t2|[dbd]|method_options.dbd.tau=2"
-  "dbd-e20|[dbd]|phase.epochs=20"
   "dbd-k1-a0.99|[dbd]|method_options.dbd.ema_every=1 method_options.dbd.alpha=0.99"
   "dbd-li0.5|[dbd]|method_options.dbd.lambda_in=0.5"
+  "dbd-e20|[dbd]|phase.epochs=20"
 )
 
 for point in "${POINTS[@]}"; do

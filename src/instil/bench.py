@@ -30,6 +30,7 @@ from instil.config import Config, TrainConfig
 from instil.data import load_dataset
 from instil.data.loaders import BatchPlan, DataSource
 from instil.engine.device import resolve_device
+from instil.engine.distributed import world
 from instil.engine.evaluate import predict
 from instil.engine.fit import Speed, fit, make_optimizer
 from instil.engine.precision import autocast, check_precision
@@ -82,15 +83,19 @@ def pipeline(method: Method, start: nn.Module, source: DataSource, indices: np.n
     """Images per second of one epoch of `method` over `indices` through the engine's loop,
     after a short untimed epoch (allocator, autotuning, compilation)."""
     ctx = PhaseContext(1, 1, lambda: copy.deepcopy(start))
+    w = world()
     method.begin_phase(start, ctx)
-    fit(method, source.batches("train", indices[:warmup * cfg.batch_size],
-                               BatchPlan(cfg.batch_size, train=True, seed=1)),
+    warm = indices[:warmup * cfg.batch_size * w.size]
+    fit(method, source.batches("train", warm, BatchPlan(cfg.batch_size, True, 1, w.rank, w.size)),
         dataclasses.replace(cfg, epochs=1, warmup_epochs=0), "bench warm-up", speed=speed)
     method.begin_phase(start, ctx)
-    batches = source.batches("train", indices, BatchPlan(cfg.batch_size, train=True, seed=2))
+    batches = source.batches("train", indices,
+                             BatchPlan(cfg.batch_size, train=True, seed=2, rank=w.rank,
+                                       world=w.size))
     result = fit(method, batches, dataclasses.replace(cfg, epochs=1, warmup_epochs=0), "bench",
                  speed=speed)
-    return result.steps * cfg.batch_size / result.seconds
+    # All ranks together: each trained on its own share in the same time.
+    return result.steps * cfg.batch_size * w.size / result.seconds
 
 
 def protocol_estimate(config: Config, n_base: int, part: float, n_test: int, base: float,
@@ -121,7 +126,7 @@ def describe_device(device: torch.device) -> str:
 
 def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
                 batch: int | None = None) -> dict[str, Any]:
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, world().local_rank)
     check_precision(config.precision, device)
     speed = Speed(config.precision, config.compile)
     bundle = load_dataset(config.data)
@@ -131,16 +136,16 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
     torch.manual_seed(config.seed)
     model = build_model(config, bundle, device)
     order = np.random.default_rng(config.seed).permutation(len(bundle.train))
-    n_images = steps * phase_cfg.batch_size
-    if len(order) < n_images + warmup * phase_cfg.batch_size:
+    n_images = steps * phase_cfg.batch_size * world().size
+    if len(order) < n_images + warmup * phase_cfg.batch_size * world().size:
         raise InstilError(f"{steps} steps of {phase_cfg.batch_size} need more than the "
                           f"{len(order)} training images; lower --steps")
     indices = order[:n_images]
 
     top = ceiling(model, bundle.input_shape, bundle.num_classes, phase_cfg.batch_size,
                   phase_cfg, speed, warmup, steps, device, config.channels_last)
-    base = pipeline(Finetune(), model, source, order[:steps * base_cfg.batch_size], base_cfg,
-                    speed, warmup)
+    base = pipeline(Finetune(), model, source,
+                    order[:steps * base_cfg.batch_size * world().size], base_cfg, speed, warmup)
     finetune = pipeline(Finetune(), model, source, indices, phase_cfg, speed, warmup)
     dbd = pipeline(method_for(config, "dbd"), model, source, indices, phase_cfg, speed, warmup)
     eval_batches = source.batches("train", order[:steps * config.eval_batch_size],
@@ -159,7 +164,7 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
         "preset": config.name, "device": describe_device(device), "torch": torch.__version__,
         "model": config.model.name, "batch": phase_cfg.batch_size, "steps": steps,
         "precision": config.precision, "channels_last": config.channels_last,
-        "compile": config.compile,
+        "compile": config.compile, "processes": world().size,
         "ceiling_images_per_s": top,
         "base_images_per_s": base, "base_of_ceiling": base / top,
         "finetune_images_per_s": finetune, "data_path_overhead": 1 - finetune / top,
@@ -189,7 +194,8 @@ def speed_table(r: dict[str, Any]) -> str:
                                      f"(joint costs {r['joint_vs_dbd_phase']:.1f}x)"),
         ("peak memory", f"{r['peak_memory_mb']:,.0f} MiB"),
     ]
-    head = (f"{r['preset']} · {r['model']} · batch {r['batch']} · {r['precision']}"
+    procs = f" · {r['processes']} processes (ceiling: one)" if r["processes"] > 1 else ""
+    head = (f"{r['preset']} · {r['model']} · batch {r['batch']}{procs} · {r['precision']}"
             f"{' · channels_last' if r['channels_last'] else ''}"
             f"{' · compiled' if r['compile'] else ''} · {r['device']}\n")
     width = max(len(name) for name, _ in rows)

@@ -140,6 +140,8 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from instil.bench import bench_speed, speed_table
+    from instil.engine import distributed
+    from instil.engine.device import resolve_device
     from instil.io import atomic_write_json
 
     config = load_named(args)
@@ -147,7 +149,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, device=args.device)
     if args.steps < 1 or (args.batch is not None and args.batch < 2):
         raise InstilError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs two)")
-    figures = bench_speed(config, steps=args.steps, batch=args.batch)
+    w = distributed.start(resolve_device(config.device).type)
+    try:
+        figures = bench_speed(config, steps=args.steps, batch=args.batch)
+    finally:
+        distributed.stop()
+    if not w.main:
+        return 0
     print(speed_table(figures))
     if args.json:
         atomic_write_json(args.json, {"config": config.to_dict(), "figures": figures})

@@ -4,7 +4,10 @@ with the numbers an uninterrupted run gives.
 
 The method object is saved whole, with pickle: every method keeps different state (a
 teacher, an exemplar memory, a Fisher matrix, a replay buffer, numpy generators), and
-pickling all of it is the one way that cannot forget a piece. What belongs to the run
+pickling all of it is the one way that cannot forget a piece (tests/engine/test_resume.py
+checks every method for exactly equal numbers). Pickles break across versions, which is
+why checkpoints meant to be kept are tensors-only; this state is only ever read back by
+the same versions of instil and torch (checked) in the same run folder. What belongs to the run
 rather than to the method (the session and the data on the device) is saved as a name and
 handed back on loading (pickle's persistent ids). These files are instil's own
 scratch state inside the run folder, read only by --resume of that folder; they are not
@@ -39,6 +42,13 @@ class RunState:
     progress: Progress | None  # where training of `phase` stands; None: `phase` is finished
     rng: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=lambda: versions())
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"instil": version("instil"), "torch": torch.__version__}
 
 
 class _Pickler(pickle.Pickler):
@@ -99,4 +109,7 @@ def load_state(path: Path, externals: dict[str, Any]) -> RunState:
                           "to rerun that method and seed from the start") from None
     if not isinstance(state, RunState):
         raise InstilError(f"{path}: not an instil resume state; delete it")
+    if state.versions != versions():
+        raise InstilError(f"{path}: written by {state.versions}, this is {versions()}; delete "
+                          "it to rerun that method and seed from the start")
     return state

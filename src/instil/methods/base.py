@@ -18,6 +18,7 @@ from torch import nn
 from instil.config import TrainConfig
 from instil.data.loaders import Batches
 from instil.data.split import IILSplit
+from instil.errors import InstilError
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,18 @@ class PhaseContext:
     new_model: Callable[[], nn.Module]  # a freshly initialised model, already on the device
     split: IILSplit | None = None  # the run's split: D(0) is split.part(0), D(t) split.part(t)
     data: PhaseData | None = None  # read access to the training set, see PhaseData
+
+    def require_data(self, who: str, why: str) -> tuple[IILSplit, PhaseData]:
+        """The split and the data, for a method that cannot work without them."""
+        if self.split is None or self.data is None:
+            raise InstilError(f"{who}: needs the phase's split and training data to {why}")
+        return self.split, self.data
+
+
+def numpy_generator() -> np.random.Generator:
+    """A numpy generator drawn from torch's RNG, which the engine seeds before every phase
+    (alike on every rank): a method's random choices are as reproducible as the run."""
+    return np.random.default_rng(int(torch.randint(2**31, (1,))))
 
 
 class Method:
@@ -103,8 +116,3 @@ class Method:
         """Other models whose accuracy is reported beside the deployed one's, by name."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.trainable().state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainable().load_state_dict(state["model"])

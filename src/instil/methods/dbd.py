@@ -265,15 +265,6 @@ class DBD(Method):
     def also_evaluated(self) -> dict[str, nn.Module]:
         return {"student": self.student}
 
-    def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict(), "student": self.student.state_dict(),
-                "epochs_done": self.epochs_done}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.student.load_state_dict(state["student"])
-        self.epochs_done = state["epochs_done"]
-
 
 register_variant("dbd-nofl", DBD, fl=False)
 register_variant("dbd-nodis", DBD, dis=False)

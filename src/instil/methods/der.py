@@ -44,7 +44,7 @@ from torch import nn
 from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import register_method
-from instil.methods.base import Method, PhaseContext
+from instil.methods.base import Method, PhaseContext, numpy_generator
 from instil.methods.memory import ExemplarMemory, Selector, herding_selector, random_selector
 from instil.models.classifier import Classifier
 
@@ -140,13 +140,12 @@ class DER(Method):
         self.aux: nn.Linear | None = None  # the last phase's auxiliary head
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
-        if ctx.data is None or ctx.split is None:
-            raise InstilError("der needs the phase's split and data (PhaseContext)")
+        ctx.require_data(self.label, "keep exemplars")
         previous = copy.deepcopy(previous)
         extractors, dims = extractors_of(previous)
         self.data, self.new = ctx.data, ctx.split.part(ctx.phase)
         # Random draws come from a generator seeded by torch's RNG (which the engine seeds).
-        self.generator = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        self.generator = numpy_generator()
         if self.memory is None:
             self.memory = ExemplarMemory(self.options.per_class, ctx.data.num_classes)
         if not len(self.memory):  # what base training on D(0) would have left behind
@@ -175,7 +174,7 @@ class DER(Method):
         return herding_selector(features, self.data)
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
-        return np.concatenate([split.part(phase), self.memory.indices()])
+        return self.memory.with_part(split.part(phase))
 
     def trainable(self) -> nn.Module:
         # Only the new parts: the engine's train() and optimiser never reach the old ones.
@@ -198,11 +197,3 @@ class DER(Method):
     def deployed(self) -> nn.Module:
         return self.model
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "aux": self.aux.state_dict(),
-                "memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.aux.load_state_dict(state["aux"])
-        self.memory.load_state_dict(state["memory"])

@@ -23,13 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import register_method
-from instil.methods.base import PhaseContext, PhaseData
+from instil.methods.base import PhaseContext, numpy_generator
 from instil.methods.finetune import Finetune
 from instil.methods.memory import ExemplarMemory, random_selector
 
@@ -41,23 +40,6 @@ class EROptions:
     def __post_init__(self) -> None:
         if self.per_class < 1:
             raise InstilError(f"method_options.er.per_class={self.per_class}: must be at least 1")
-
-
-def torch_seeded_generator() -> np.random.Generator:
-    """A numpy generator drawn from torch's RNG, which the engine seeds before every phase:
-    the memory's random picks are then as reproducible as the rest of the run."""
-    return np.random.default_rng(int(torch.randint(2**31, (1,))))
-
-
-def phase_data(ctx: PhaseContext, who: str) -> PhaseData:
-    if ctx.data is None or ctx.split is None:
-        raise InstilError(f"{who}: needs the phase's split and training data to keep exemplars")
-    return ctx.data
-
-
-def train_with_memory(split: IILSplit, phase: int, memory: ExemplarMemory) -> np.ndarray:
-    """D(t) followed by the exemplars (disjoint: the exemplars come from D(0..t-1))."""
-    return np.concatenate([split.part(phase), memory.indices()])
 
 
 @register_method
@@ -73,34 +55,18 @@ class ER(Finetune):
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
         super().begin_phase(previous, ctx)
-        self.data = phase_data(ctx, self.label)
+        _, self.data = ctx.require_data(self.label, "keep exemplars")
         self.split, self.phase = ctx.split, ctx.phase
-        self.rng = torch_seeded_generator()
+        self.rng = numpy_generator()
         if self.memory is None:  # phase 1: the memory starts as a sample of D(0)
             self.memory = ExemplarMemory(self.options.per_class, self.data.num_classes)
             base = ctx.split.part(0)
             self.memory.update(base, self.data.labels(base), random_selector(self.rng))
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
-        return train_with_memory(split, phase, self.memory)
+        return self.memory.with_part(split.part(phase))
 
     def end_phase(self) -> None:
         new = self.split.part(self.phase)
         self.memory.update(new, self.data.labels(new), random_selector(self.rng))
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "memory": memory_state(self.memory)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.memory = memory_from_state(state["memory"])
-
-
-def memory_state(memory: ExemplarMemory) -> dict:
-    return {**memory.state_dict(), "num_classes": memory.num_classes}
-
-
-def memory_from_state(state: dict) -> ExemplarMemory:
-    memory = ExemplarMemory(state["per_class"], state["num_classes"])
-    memory.load_state_dict(state)
-    return memory

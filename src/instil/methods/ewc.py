@@ -48,7 +48,7 @@ from torch.func import functional_call, grad, vmap
 
 from instil.errors import InstilError
 from instil.methods import register_method
-from instil.methods.base import PhaseContext, PhaseData
+from instil.methods.base import PhaseContext, PhaseData, numpy_generator
 from instil.methods.finetune import Finetune
 
 Tensors = dict[str, torch.Tensor]
@@ -169,12 +169,10 @@ class EWC(Finetune):
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
         super().begin_phase(previous, ctx)
-        if ctx.data is None or ctx.split is None:
-            raise InstilError(f"{self.label}: needs the phase's split and training data to "
-                              "estimate the Fisher matrix")
+        ctx.require_data(self.label, "estimate the Fisher matrix")
         self.ctx = ctx
         # Drawn from torch's RNG, which the engine seeds before every phase.
-        self.rng = np.random.default_rng(int(torch.randint(2**31, (1,))))
+        self.rng = numpy_generator()
         if self.fisher is None:  # phase 1: what M(0) learned from D(0)
             self.fisher = self.estimate(ctx.data, ctx.split.part(0))
         # M(t-1)'s parameters, i.e. those at the end of the previous phase.
@@ -203,9 +201,3 @@ class EWC(Finetune):
             weight = len(ctx.split.part(ctx.phase)) / len(ctx.split.part(0))
             self.fisher = accumulate(self.fisher, new, self.options.gamma, weight)
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "fisher": self.fisher}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.fisher = state["fisher"]

@@ -31,7 +31,7 @@ from torch import nn
 from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import register_method
-from instil.methods.base import PhaseContext, PhaseData
+from instil.methods.base import PhaseContext, PhaseData, numpy_generator
 from instil.methods.finetune import Finetune
 
 
@@ -115,12 +115,10 @@ class FinetuneES(Finetune):
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
         super().begin_phase(previous, ctx)
-        if ctx.data is None or ctx.split is None:
-            raise InstilError(f"{self.label}: needs the phase's split and training data to "
-                              "hold out a slice of D(t)")
+        ctx.require_data(self.label, "hold out a slice of D(t)")
         self.data, self.phase = ctx.data, ctx.phase
         # Drawn from torch's RNG, which the engine seeds before every phase.
-        rng = np.random.default_rng(int(torch.randint(2**31, (1,))))
+        rng = numpy_generator()
         self.train_part, self.held_out = split_holdout(ctx.split.part(ctx.phase),
                                                        self.options.holdout, rng)
         self.keeper = BestKeeper(self.options.patience)

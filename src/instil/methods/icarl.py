@@ -43,7 +43,6 @@ from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import register_method
 from instil.methods.base import Method, PhaseContext, PhaseData
-from instil.methods.er import memory_from_state, memory_state, phase_data, train_with_memory
 from instil.methods.memory import ExemplarMemory, embed, herding_selector
 
 
@@ -118,7 +117,7 @@ class ICaRL(Method):
         previous = unwrap(previous)
         self.teacher = copy.deepcopy(previous).eval().requires_grad_(False)
         self.model = copy.deepcopy(previous).requires_grad_(True)
-        self.data = phase_data(ctx, self.label)
+        _, self.data = ctx.require_data(self.label, "keep exemplars")
         self.split, self.phase = ctx.split, ctx.phase
         if self.memory is None:  # phase 1: herd D(0) with M(0)'s features
             self.memory = ExemplarMemory(self.options.per_class, self.data.num_classes)
@@ -129,7 +128,7 @@ class ICaRL(Method):
         self.memory.update(new, self.data.labels(new), herding_selector(model.features, self.data))
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
-        return train_with_memory(split, phase, self.memory)
+        return self.memory.with_part(split.part(phase))
 
     def trainable(self) -> nn.Module:
         return self.model
@@ -162,17 +161,3 @@ class ICaRL(Method):
     def also_evaluated(self) -> dict[str, nn.Module]:
         return {"head": self.model}
 
-    def state_dict(self) -> dict:
-        state = {"model": self.model.state_dict(), "teacher": self.teacher.state_dict(),
-                 "memory": memory_state(self.memory)}
-        if self.nme is not None:
-            state["nme"] = {"means": self.nme.means, "present": self.nme.present}
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.memory = memory_from_state(state["memory"])
-        nme = state.get("nme")
-        self.nme = None if nme is None else \
-            NearestMeanClassifier(self.model, nme["means"], nme["present"])

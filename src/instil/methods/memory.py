@@ -70,15 +70,10 @@ class ExemplarMemory:
         if len(self) > self.budget:  # a selector that returned too many is a bug, not data
             raise InstilError(f"exemplar memory holds {len(self)} > budget {self.budget}")
 
-    def state_dict(self) -> dict:
-        return {"per_class": self.per_class, "seen": dict(self.seen),
-                "by_class": {c: v.tolist() for c, v in self.by_class.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.per_class = state["per_class"]
-        self.seen = {int(c): int(n) for c, n in state["seen"].items()}
-        self.by_class = {int(c): np.asarray(v, dtype=np.int64)
-                         for c, v in state["by_class"].items()}
+    def with_part(self, part: np.ndarray) -> np.ndarray:
+        """A phase's training indices: its part D(t), then the exemplars (disjoint, as the
+        exemplars come from earlier parts)."""
+        return np.concatenate([part, self.indices()])
 
 
 def random_selector(generator: np.random.Generator) -> Selector:

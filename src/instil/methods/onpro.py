@@ -354,8 +354,7 @@ class OnPro(Method):
         return dataclasses.replace(phase, epochs=1)
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
-        if ctx.split is None or ctx.data is None:
-            raise InstilError(f"{self.label}: needs the run's split and data to fill its buffer")
+        ctx.require_data(self.label, "fill its buffer")
         # Seeded from the generator the engine seeded for this phase: never from the clock.
         seed = int(torch.randint(0, 2**62, (1,)))
         self.rng = np.random.default_rng(seed)

@@ -258,8 +258,7 @@ class PODNet(Method):
         self.memory: ExemplarMemory | None = None
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
-        if ctx.data is None or ctx.split is None:
-            raise InstilError("podnet needs the phase's split and data (PhaseContext)")
+        ctx.require_data(self.label, "keep exemplars")
         if not hasattr(previous, "features") or not hasattr(previous, "head"):
             raise InstilError(f"podnet: expects a Classifier, got {type(previous).__name__}")
         self.data, self.new = ctx.data, ctx.split.part(ctx.phase)
@@ -276,7 +275,7 @@ class PODNet(Method):
             self.student.head = lsc_from_linear(self.student, ctx.data, seen, self.options)
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
-        return np.concatenate([split.part(phase), self.memory.indices()])
+        return self.memory.with_part(split.part(phase))
 
     def trainable(self) -> nn.Module:
         return self.student
@@ -302,9 +301,3 @@ class PODNet(Method):
     def deployed(self) -> nn.Module:
         return self.student
 
-    def state_dict(self) -> dict:
-        return {"model": self.student.state_dict(), "memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.student.load_state_dict(state["model"])
-        self.memory.load_state_dict(state["memory"])
