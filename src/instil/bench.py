@@ -34,7 +34,7 @@ from instil.engine.distributed import world
 from instil.engine.evaluate import predict
 from instil.engine.fit import Speed, fit, make_optimizer
 from instil.engine.precision import autocast, check_precision
-from instil.engine.protocol import build_model, method_for
+from instil.engine.protocol import method_for, model_for_config
 from instil.errors import InstilError
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
@@ -134,7 +134,7 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
     base_cfg = dataclasses.replace(config.base, batch_size=batch or config.base.batch_size)
     phase_cfg = dataclasses.replace(config.phase, batch_size=batch or config.phase.batch_size)
     torch.manual_seed(config.seed)
-    model = build_model(config, bundle, device)
+    model = model_for_config(config, bundle, device)
     order = np.random.default_rng(config.seed).permutation(len(bundle.train))
     n_images = steps * phase_cfg.batch_size * world().size
     if len(order) < n_images + warmup * phase_cfg.batch_size * world().size:

@@ -40,13 +40,6 @@ class Checkpoint:
     rng: dict[str, Any] = field(default_factory=dict)
 
 
-def rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
 def of_model(model: nn.Module, model_name: str, model_options: dict[str, Any],
              input_shape: tuple[int, ...], classes: list[str], mean: tuple[float, ...],
              std: tuple[float, ...], **extra: Any) -> Checkpoint:

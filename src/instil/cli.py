@@ -284,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except OSError as e:  # a disk that filled up, a folder made read-only during a run
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"instil: error: {where}{e.strerror or e}; fix that and run again (a run: with "
+              "--resume, which keeps what it finished)", file=sys.stderr)
+        return 2
     except InstilError as e:
         print(f"instil: error: {one_line(e)}", file=sys.stderr)
         return 2

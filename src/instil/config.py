@@ -101,6 +101,9 @@ class Config:
     sync_batchnorm: bool = False
     # Writes DIR/models/m0-<seed>.pt and <method>-<seed>.pt (instil checkpoints) of each run.
     save_models: bool = True
+    # The resume state is saved after an epoch when this long has passed since the last save
+    # (and after every phase); 0: after every epoch.
+    state_every_seconds: float = 60.0
     # Smaller than a GPU would take: on 2 CPU cores large eval batches ran slower (cache
     # misses); `instil bench` (issue 5) is where this choice gets measured.
     eval_batch_size: int = 256

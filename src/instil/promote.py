@@ -41,7 +41,6 @@ from instil.checkpoint import (
     load_checkpoint,
     of_model,
     read_class_names,
-    rng_states,
     save_checkpoint,
 )
 from instil.config import Config, apply_override, from_dict
@@ -50,7 +49,7 @@ from instil.data.export import folder_name
 from instil.data.folder import check_images, read_image, scan_class_folders
 from instil.data.loaders import DataSource
 from instil.data.split import IILSplit
-from instil.engine.device import resolve_device
+from instil.engine.device import resolve_device, rng_state
 from instil.engine.precision import check_precision
 from instil.engine.protocol import Session, method_for, options_of, prepare_output, train_phase
 from instil.errors import InstilError
@@ -390,7 +389,7 @@ def promoted_checkpoint(ckpt: Checkpoint, model: nn.Module, report: dict[str, An
     """Same architecture, classes and normalisation; history grown by this promotion."""
     return of_model(model, ckpt.model, ckpt.model_options, ckpt.input_shape, ckpt.classes,
                     ckpt.mean, ckpt.std, config=ckpt.config,
-                    history=[*ckpt.history, history_entry(report)], rng=rng_states())
+                    history=[*ckpt.history, history_entry(report)], rng=rng_state())
 
 
 # --- the promotion ------------------------------------------------------------------------
@@ -471,11 +470,11 @@ def promote(request: PromoteRequest) -> Outcome:
     phase = run_phase(request, ckpt, config, method, new, holdout, device)
     report = build_report(request, config, method, device, new, holdout, phase, ckpt.classes)
     json_file, md_file = report_files(request)
-    atomic_write_json(json_file, report)
-    atomic_write_text(md_file, report_markdown(report))
     passed = report["gate"]["passed"]
-    if passed:
+    if passed:  # the checkpoint first: a report never names a file that was not written
         new_ckpt = promoted_checkpoint(ckpt, phase.model, report)
         build_model(new_ckpt, request.out)  # rebuilds from the registry, or fails unwritten
         save_checkpoint(request.out, new_ckpt)
+    atomic_write_json(json_file, report)
+    atomic_write_text(md_file, report_markdown(report))
     return Outcome(report, passed, (json_file, md_file))

@@ -127,3 +127,15 @@ def test_shards_are_disjoint_equal_and_cover(world: int) -> None:
     assert len({len(s) for s in shards}) == 1
     seen = torch.cat(shards)
     assert len(seen.unique()) == len(seen) == (100 // world) * world
+
+
+def test_per_step_consolidation_keeps_the_replicas_equal(tmp_path: Path) -> None:
+    """DBD's EMA every step reads the student's BatchNorm statistics, which each rank
+    updates on its own shard: the engine hands every rank rank 0's before each step's hook
+    (without it the replicas' teachers differ and the digest check stops the run)."""
+    args = toy(tmp_path, 32, "ema") + ["--set", "methods=[dbd]",
+                                        "--set", "method_options.dbd.ema_every=1"]
+    record = str(tmp_path / "ema")
+    mp.spawn(run_rank, args=(free_port(), args, record), nprocs=2)
+    assert [json.loads(Path(f"{record}.rank{r}.json").read_text())["code"]
+            for r in (0, 1)] == [0, 0]

@@ -19,7 +19,8 @@ from instil.methods import METHODS
 
 # Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase.
 RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
-               "--set", "order_seeds=[0]", "--set", "save_models=false"]
+               "--set", "order_seeds=[0]", "--set", "save_models=false",
+               "--set", "state_every_seconds=0"]
 
 
 def numbers(out: Path) -> list[dict]:
@@ -44,9 +45,10 @@ def test_resume_after_an_interruption_gives_the_same_numbers(
 
     saves = []
     real_save = protocol.save_state
-    # Phase 1's 3 epochs and its end, then 1 epoch into phase 2 (onpro: 1 epoch a phase, so
-    # into phase 3); joint trains once, after the last phase: 2 of its 3 epochs.
-    stop_at = 2 if method == "joint" else 5
+    # Saves: after epochs 1 and 2 of a phase (the last epoch's is the phase's own) and at
+    # its end. The 5th is one epoch into phase 2's second; joint trains once (epochs 1, 2,
+    # end): its 2nd is mid-phase; onpro makes one pass a phase: its 2nd is phase 2's end.
+    stop_at = 2 if method in ("joint", "onpro") else 5
 
     def save_then_stop(*a, **k) -> None:
         real_save(*a, **k)
@@ -72,7 +74,7 @@ def test_kill_9_mid_phase_then_resume(tmp_path: Path, toy_args: list[str]) -> No
     args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args,
             "--set", "methods=[dbd]", "--set", "order_seeds=[0]", "--set", "n_phases=4",
             "--set", "phase.epochs=40", "--set", "method_options.dbd.freeze_epochs=5",
-            "--set", "save_models=false"]
+            "--set", "save_models=false", "--set", "state_every_seconds=0"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
     cut = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -130,3 +132,59 @@ def test_a_full_disk_fails_before_training(tmp_path: Path, toy_args: list[str],
                  "--out", str(tmp_path / "out")]) == 2
     assert "MB free" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # M(0) was never trained
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact_on_image_files_with_workers(
+        workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File data sets augment in DataLoader workers: a resumed epoch must crop and flip
+    each image as the uninterrupted run did."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for k, cls in enumerate(("red", "green")):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 120, (20, 20, 3), dtype=np.uint8)
+                pixels[..., k] += 120
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    args = ["run", "configs/toy2d.yaml", "--no-progress",
+            "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}",
+            "--set", "data.options={}", "--set", "data.image_size=16",
+            "--set", f"data.workers={workers}", "--set", "model.name=resnet_small",
+            "--set", "model.options={widths: [4, 8, 8]}", "--set", "order_seeds=[0]",
+            "--set", "methods=[dbd]", "--set", "n_phases=2", "--set", "base.epochs=2",
+            "--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
+            "--set", "base.batch_size=4", "--set", "phase.batch_size=4",
+            "--set", "save_models=false", "--set", "state_every_seconds=0",
+            "--set", f"cache_dir={tmp_path / 'c'}"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    saves, real_save = [], protocol.save_state
+
+    def save_then_stop(*a, **k) -> None:
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == 5:  # two epochs into phase 2
+            raise Interrupted
+
+    monkeypatch.setattr(protocol, "save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        main(args + ["--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(protocol, "save_state", real_save)
+    assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
+
+
+def test_state_is_saved_once_a_phase_when_epochs_are_quick(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = []
+    real_save = protocol.save_state
+    monkeypatch.setattr(protocol, "save_state", lambda *a, **k: (saved.append(1),
+                                                                  real_save(*a, **k)))
+    assert main(["run", "configs/toy2d.yaml", "--no-progress", *toy_args,
+                 "--set", "methods=[finetune]", "--set", "order_seeds=[0]",
+                 "--set", "phase.epochs=4", "--out", str(tmp_path / "out")]) == 0
+    assert len(saved) == 3  # one per phase: epochs of milliseconds are not worth a save

@@ -8,6 +8,7 @@ Either way a batch arrives as (float images normalised, int64 labels) on the dev
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -111,7 +112,12 @@ class TensorBatches:
 
 
 class FileImages(Dataset):
-    """Decodes, resizes and (for training) augments one image file to a uint8 tensor."""
+    """Decodes, resizes and (for training) augments one image file to a uint8 tensor.
+
+    A training item is (position, augmentation seed): each image's crop and flip follow
+    from its own seed, not from a worker's running random state, so that an epoch's
+    augmentation is the same whichever worker loads it and whenever the run resumed.
+    """
 
     def __init__(self, paths: list[Path], labels: torch.Tensor, indices: np.ndarray,
                  image_size: int, train: bool, mode: str) -> None:
@@ -128,30 +134,44 @@ class FileImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> Batch:
+    def __getitem__(self, item: int | tuple[int, int]) -> Batch:
         from instil.data.folder import read_image
 
+        i, seed = item if isinstance(item, tuple) else (item, None)
         j = int(self.indices[i])
-        return self.transform(read_image(self.paths[j], self.mode)), self.labels[j]
+        image = read_image(self.paths[j], self.mode)
+        if seed is None:
+            return self.transform(image), self.labels[j]
+        # In a worker the global generator is the worker's own; in the main process
+        # (workers=0) it is the run's, which the augmentation must not disturb.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        with contextlib.nullcontext() if in_worker else torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return self.transform(image), self.labels[j]
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """This rank's shard of a shuffled order that every rank draws alike (same generator
-    seed), so that the shards are disjoint: DistributedSampler's idea, keyed by our seeds."""
+    """An epoch's training items: this rank's shard of an order every rank draws alike (so
+    the shards are disjoint: DistributedSampler's idea, keyed by our seeds; alone, the whole
+    order), each position with its own augmentation seed (each rank its own)."""
 
-    def __init__(self, n: int, plan: BatchPlan, generator: torch.Generator) -> None:
-        self.n, self.plan, self.generator = n, plan, generator
+    def __init__(self, n: int, plan: BatchPlan) -> None:
+        self.n, self.plan, self.epoch = n, plan, 0
 
     def __len__(self) -> int:
         return self.n // self.plan.world
 
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.n, generator=self.generator)
-        return iter(self.plan.shard(order).tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=epoch_generator(self.plan.seed, self.epoch))
+        seeds = torch.randint(2**62, (self.n,), generator=epoch_generator(
+            self.plan.seed + 1 + self.plan.rank, self.epoch))
+        mine = self.plan.shard(order)
+        return iter(zip(mine.tolist(), seeds[:len(mine)].tolist()))
 
 
 class FileBatches:
-    """Streams a file data set through a DataLoader with persistent, pinned workers."""
+    """Streams a file data set through a DataLoader: persistent workers for training,
+    pinned memory and non-blocking copies on CUDA."""
 
     def __init__(self, samples: Samples, indices: np.ndarray, plan: BatchPlan,
                  config: DataConfig, channels: int, device: torch.device,
@@ -159,26 +179,23 @@ class FileBatches:
         mode = "L" if channels == 1 else "RGB"
         images = FileImages(samples.paths, samples.labels, indices, config.image_size,
                             plan.train, mode)
-        self.generator = torch.Generator()
         self.plan, self.device, self.normalise = plan, device, normalise
-        sharded = plan.train and plan.world > 1
-        sampler = ShardSampler(len(images), plan, self.generator) if sharded else None
+        self.sampler = ShardSampler(len(images), plan) if plan.train else None
         per_rank = len(images) // plan.world if plan.train else len(images)
         self.loader = DataLoader(
-            images, batch_size=plan.batch_size, shuffle=plan.train and not sharded,
-            sampler=sampler, drop_last=plan.train and per_rank > plan.batch_size,
-            num_workers=config.workers,
+            images, batch_size=plan.batch_size, sampler=self.sampler,
+            drop_last=plan.train and per_rank > plan.batch_size, num_workers=config.workers,
             pin_memory=device.type == "cuda",
             # Evaluation loaders are iterated once: keeping their workers alive would only
             # hold processes until garbage collection.
-            persistent_workers=plan.train and config.workers > 0,
-            generator=self.generator)
+            persistent_workers=plan.train and config.workers > 0)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        self.generator.manual_seed(epoch_seed(self.plan.seed, epoch))
+        if self.sampler is not None:
+            self.sampler.epoch = epoch
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)
             yield self.normalise(x), y.to(self.device, non_blocking=True)

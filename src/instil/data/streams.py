@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from instil.data.base import DataBundle
 
 
+_GROUPS: dict[tuple, Any] = {}  # the last data set's sub-populations (see plan_stream)
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """A stream resolved for one order seed: what the manifest records, the samples allowed
@@ -37,7 +40,11 @@ def plan_stream(cfg: SplitConfig, bundle: DataBundle, order_seed: int, seed: int
     from instil.data.subpop import find_subpopulations, held_out_groups
 
     # The groups depend on the run's seed only; which one each class lacks, on the order seed.
-    groups = find_subpopulations(bundle, cfg.k, seed)
+    key = (bundle.fingerprint, cfg.k, seed)
+    if key not in _GROUPS:  # k-means over the training set once per run, not once per seed
+        _GROUPS.clear()
+        _GROUPS[key] = find_subpopulations(bundle, cfg.k, seed)
+    groups = _GROUPS[key]
     held = held_out_groups(bundle.num_classes, cfg.k, np.random.default_rng([order_seed, 2]))
     train_labels, test_labels = bundle.train.labels.numpy(), bundle.test.labels.numpy()
     return StreamPlan(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from typing import Any
 
 import torch
 
@@ -15,6 +17,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
+    elif name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InstilError(f"device '{name}': under torchrun each process takes its own GPU; "
+                          "use device=cuda (or auto)")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -22,6 +27,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InstilError(f"device '{name}': CUDA is not available here; use --set device=cpu")
     return device
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random state: torch's CPU generator, and the current CUDA device's."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def derive_seed(*parts: object) -> int:

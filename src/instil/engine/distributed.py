@@ -24,7 +24,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -62,10 +61,14 @@ def start(device_type: str) -> World:
     if size <= 1:
         _world = World()
         return _world
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        # NCCL's object collectives work on the current device: it must be the rank's own.
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend)
-    _world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    _world = World(dist.get_rank(), dist.get_world_size(), local_rank)
     return _world
 
 
@@ -74,15 +77,6 @@ def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _world = World()
-
-
-def shard(order: torch.Tensor | np.ndarray, w: World) -> torch.Tensor | np.ndarray:
-    """This rank's disjoint, equal-sized share of an order (the remainder is dropped so that
-    every rank takes the same number of steps: DDP needs them in lock step)."""
-    if not w.distributed:
-        return order
-    n = len(order) // w.size
-    return order[w.rank * n:(w.rank + 1) * n]
 
 
 class LossModule(nn.Module):
@@ -98,14 +92,46 @@ class LossModule(nn.Module):
         return self.loss(x, y)
 
 
-def data_parallel(module: nn.Module, loss, device: torch.device) -> nn.Module:
+def data_parallel(module: nn.Module, loss, device: torch.device,
+                  unused_parameters: bool) -> nn.Module:
+    """`unused_parameters`: the method may leave part of its trainable module out of a step
+    (DDP must then look for them, an extra walk of the graph every step)."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # A method may leave part of its trainable module unused in a step (e.g. an auxiliary
-    # head only used at some phases): let DDP find such parameters instead of hanging.
     return DistributedDataParallel(LossModule(module, loss), device_ids=ids,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=unused_parameters)
+
+
+Swapped = list[tuple[nn.Module, str, nn.Module]]
+
+
+def to_sync_batchnorm(module: nn.Module) -> Swapped:
+    """Puts a SyncBatchNorm in place of every BatchNorm inside `module`, sharing its
+    parameters and buffers (so the optimiser and the method keep theirs); returns what
+    `from_sync_batchnorm` puts back, so that no SyncBatchNorm outlives the phase (the
+    deployed model, its checkpoint and the next phase's teacher keep plain BatchNorm)."""
+    swapped: Swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or \
+                    isinstance(child, nn.SyncBatchNorm):
+                continue
+            sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum,
+                                    child.affine, child.track_running_stats)
+            sync.weight, sync.bias = child.weight, child.bias
+            sync.running_mean, sync.running_var = child.running_mean, child.running_var
+            sync.num_batches_tracked = child.num_batches_tracked
+            sync.train(child.training)
+            setattr(parent, name, sync)
+            swapped.append((parent, name, child))
+    return swapped
+
+
+def from_sync_batchnorm(swapped: Swapped) -> None:
+    for parent, name, original in swapped:
+        original.train(getattr(parent, name).training)
+        setattr(parent, name, original)
 
 
 def broadcast_buffers(module: nn.Module) -> None:
@@ -154,16 +180,28 @@ def digest(module: nn.Module) -> str:
 
 
 def check_replicas(module: nn.Module, what: str) -> str:
-    """The module's digest; every rank must have the same, or the run stops."""
+    """Under torchrun, the module's digest, which every rank must share or the run stops."""
+    w = world()
+    if not w.distributed:
+        return ""
     mine = digest(module)
+    digests: list = [None] * w.size
+    dist.all_gather_object(digests, mine)
+    if len(set(digests)) > 1:
+        raise InstilError(f"{what}: the ranks' models differ ({', '.join(digests)}); "
+                          "a method keeps rank-dependent state (report it)")
+    return mine
+
+
+def check_same(value, what: str) -> None:
+    """Every rank must hold the same (picklable) value, or the run stops."""
     w = world()
     if w.distributed:
-        digests: list = [None] * w.size
-        dist.all_gather_object(digests, mine)
-        if len(set(digests)) > 1:
-            raise InstilError(f"{what}: the ranks' models differ ({', '.join(digests)}); "
-                              "a method keeps rank-dependent state (report it)")
-    return mine
+        values: list = [None] * w.size
+        dist.all_gather_object(values, value)
+        if any(v != values[0] for v in values):
+            raise InstilError(f"{what} differs between the ranks ({values}); delete the run "
+                              "folder's state/ files of it to restart that method and seed")
 
 
 def barrier() -> None:

@@ -11,7 +11,13 @@ import torch
 
 from instil.config import TrainConfig
 from instil.data.loaders import Batches
-from instil.engine.distributed import broadcast_buffers, data_parallel, world
+from instil.engine.distributed import (
+    broadcast_buffers,
+    data_parallel,
+    from_sync_batchnorm,
+    to_sync_batchnorm,
+    world,
+)
 from instil.engine.precision import autocast, grad_scaler
 from instil.errors import InstilError
 from instil.methods.base import Method
@@ -88,13 +94,27 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
     device = next(module.parameters()).device
     optimizer = make_optimizer(module, cfg)
     scaler = grad_scaler(device, speed.precision)
+    w = world()
+    swapped = to_sync_batchnorm(module) if w.distributed and speed.sync_batchnorm else []
+    try:
+        return train_epochs(method, module, optimizer, batches, cfg, where, on_epoch, speed,
+                            resume, on_progress, device, scaler)
+    finally:
+        from_sync_batchnorm(swapped)
+
+
+def train_epochs(method: Method, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: Batches, cfg: TrainConfig, where: str, on_epoch: OnEpoch | None,
+                 speed: Speed, resume: Progress | None, on_progress: OnProgress | None,
+                 device: torch.device, scaler: torch.amp.GradScaler) -> FitResult:
     # Under torchrun, DDP wraps the method's loss with the trainable module (see
     # engine.distributed); alone, the loss is called as it is.
-    if world().distributed and speed.sync_batchnorm:
-        # Swaps the BatchNorm layers inside `module` in place, so the method's references
-        # to the module (and to the model that contains it) stay valid.
-        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    forward = data_parallel(module, method.loss, device) if world().distributed else method.loss
+    w = world()
+    forward = (data_parallel(module, method.loss, device, method.unused_parameters)
+               if w.distributed else method.loss)
+    # Per-step hooks that read the trainable module's buffers (DBD's per-step EMA) must see
+    # one set of BatchNorm statistics, not each rank's own.
+    sync_each_step = w.distributed and method.reads_buffers_each_step()
     # Compiling the whole loss lets the compiler fuse the method's several passes; the
     # method object itself stays plain Python (its hooks run between compiled calls).
     loss_of = torch.compile(forward) if speed.compile else forward
@@ -121,6 +141,8 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if sync_each_step:
+                broadcast_buffers(module)
             method.after_step(step)
             running = loss.detach() if running is None else running + loss.detach()
             step += 1

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from instil.checkpoint import of_model, rng_states, save_checkpoint
+from instil.checkpoint import of_model, save_checkpoint
 from instil.config import Config, TrainConfig, from_dict, save_config
 from instil.data import load_dataset
 from instil.data.base import DataBundle
@@ -32,26 +33,20 @@ from instil.data.loaders import Batches, BatchPlan, DataSource
 from instil.data.split import IILSplit, prepare_split
 from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
-from instil.engine.device import derive_seed, resolve_device
+from instil.engine.device import derive_seed, resolve_device, restore_rng, rng_state
 from instil.engine.distributed import (
     barrier,
     broadcast_object,
     broadcast_state,
     check_replicas,
+    check_same,
     gather_interleaved,
     world,
 )
 from instil.engine.evaluate import predict
 from instil.engine.fit import OnProgress, Progress, Speed, fit
 from instil.engine.precision import check_precision
-from instil.engine.resume import (
-    RunState,
-    load_state,
-    restore_rng,
-    rng_state,
-    save_state,
-    state_path,
-)
+from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.methods import create_method, options_for
@@ -63,7 +58,7 @@ from instil.report import flatten, summarise, summary_markdown
 from instil.viz.curves import plot_curves
 
 
-def build_model(config: Config, bundle: DataBundle, device: torch.device) -> nn.Module:
+def model_for_config(config: Config, bundle: DataBundle, device: torch.device) -> nn.Module:
     """The config's model for this data, on the device, in its memory format (weights drawn
     from torch's current random state)."""
     model = create_model(config.model.name, bundle.input_shape, bundle.num_classes,
@@ -85,7 +80,7 @@ class Session:
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
-        return build_model(self.config, self.source.bundle, self.device)
+        return model_for_config(self.config, self.source.bundle, self.device)
 
     def log(self, line: str) -> None:
         """One line per finished phase, above the bar, so that a log file shows progress
@@ -141,8 +136,10 @@ class SourceData:
 
 
 # Below this, a run would fail while writing its results, models or resume state, perhaps
-# hours in; a run of the presets writes a few MB (ResNet-18 checkpoints ~45 MB each).
-MIN_FREE_MB = 200
+# hours in. The fmnist presets write a few MB; ResNet-18 runs ~45 MB a saved model (one per
+# method and seed) and ~135 MB of resume state: a floor, not an estimate (a disk that fills
+# later stops the run with one line, and --resume goes on once there is room).
+MIN_FREE_MB = 500
 
 
 def prepare_output(out: Path) -> None:
@@ -150,9 +147,9 @@ def prepare_output(out: Path) -> None:
     (nearly) full."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # A name of its own: under torchrun every rank probes the same folder.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
         free_mb = shutil.disk_usage(out).free / 2**20
     except OSError as e:
         raise InstilError(f"{out}: cannot write the output folder ({e.strerror}); "
@@ -299,9 +296,12 @@ def run_method(session: Session, method: Method, start: SeedStart,
     method = state.method
     started, wall_before = time.perf_counter(), state.wall_seconds
 
+    last_save = [time.perf_counter()]
+
     def save() -> None:
         state.wall_seconds = wall_before + time.perf_counter() - started
         save_state(path, state, externals)
+        last_save[0] = time.perf_counter()
 
     previous = copy.deepcopy(start.m0) if state.phase == 0 else None
     for t in range(1, config.n_phases + 1):
@@ -315,6 +315,11 @@ def run_method(session: Session, method: Method, start: SeedStart,
             previous = method.deployed()
 
         def saved(progress: Progress, t: int = t) -> None:
+            # The last epoch's state is superseded by the phase's own at once; others are
+            # saved at most every state_every_seconds (pickling a large model costs).
+            if progress.epochs_done == budget.epochs or \
+                    time.perf_counter() - last_save[0] < config.state_every_seconds:
+                return
             state.phase, state.progress, state.rng = t, progress, rng_state()
             save()
 
@@ -352,7 +357,7 @@ def save_model(session: Session, model: nn.Module, name: str,
     config, bundle = session.config, session.source.bundle
     ckpt = of_model(model, config.model.name, config.model.options,
                     bundle.input_shape, bundle.classes, bundle.mean, bundle.std,
-                    config=config.to_dict(), history=history, rng=rng_states())
+                    config=config.to_dict(), history=history, rng=rng_state())
     save_checkpoint(session.out / "models" / f"{name}.pt", ckpt)
 
 
@@ -449,7 +454,7 @@ def shift_accuracy(session: Session, model: nn.Module, split: IILSplit) -> dict[
 
 # Config keys that may differ between a run and the one it resumes: they choose what runs,
 # not how (a finished (method, order seed) pair is kept as it is).
-RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models")
+RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds")
 
 
 def options_of(method: Method) -> dict[str, Any]:
@@ -541,6 +546,10 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                 # A fresh method per order seed: no state leaks from one seed's run to another.
                 method = method_for(config, name)
                 state = interrupted_run(session, name, order_seed) if resume else None
+                # Ranks killed at slightly different moments may have saved different epochs.
+                check_same(None if state is None else (state.phase, state.progress and
+                                                       state.progress.epochs_done),
+                           f"{name} order seed {order_seed}: the point to resume from")
                 run, model = run_method(session, method, start, state)
                 if config.save_models:
                     save_final_model(session, model, start.m0, f"{name}-{order_seed}",

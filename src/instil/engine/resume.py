@@ -76,19 +76,6 @@ def state_path(out: Path, method: str, order_seed: int, w: World | None = None) 
     return Path(out) / "state" / f"{method}-{order_seed}{rank}.pkl"
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_state(path: Path, state: RunState, externals: dict[str, Any]) -> None:
     """Pickles `state`, writing each object of `externals` as its name."""
     buffer = io.BytesIO()

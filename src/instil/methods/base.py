@@ -68,6 +68,8 @@ class Method:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     uses_old_data: ClassVar[bool] = False
+    # Under torchrun: whether a step may leave trainable parameters unused (DDP then looks).
+    unused_parameters: ClassVar[bool] = False
     options_type: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None) -> None:
@@ -101,6 +103,11 @@ class Method:
 
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (`step` counts from 0 within the phase)."""
+
+    def reads_buffers_each_step(self) -> bool:
+        """Whether after_step reads the trainable module's buffers (then, under torchrun,
+        the engine gives every rank rank 0's before each call)."""
+        return False
 
     def end_epoch(self, epoch: int) -> None:
         """Called after each epoch (`epoch` counts from 0 within the phase)."""

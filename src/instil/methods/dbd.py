@@ -245,6 +245,9 @@ class DBD(Method):
         return distillation_kl(*self.dusted_logits(dust(x, self.options.sigma)),
                                self.options.tau)
 
+    def reads_buffers_each_step(self) -> bool:
+        return bool(self.options.kc and self.options.ema_every)
+
     def consolidating(self) -> bool:
         return self.options.kc and self.epochs_done >= self.options.freeze_epochs
 

@@ -133,6 +133,7 @@ class DER(Method):
     description = "dynamically expandable representation: one extractor per phase, exemplars"
     uses_old_data = True
     options_type = DEROptions
+    unused_parameters = True  # the auxiliary head sits idle when lambda_aux is 0
 
     def __init__(self, options: DEROptions | None = None) -> None:
         super().__init__(options)
