@@ -7,7 +7,8 @@ exemplars with
   similarity a softmax-weighted mean of its proxies' cosines, a learned scale η and a margin
   δ on the true class, hinged at zero (paper eqs. for the LSC and L_LSC; defaults K = 10
   and δ = 0.6 as the paper's CIFAR-100 setting; the proxy softmax has no temperature, as
-  in the paper; the authors' code uses 2·cos - 2 in place of cos, which η absorbs);
+  in the paper; the authors' code uses 2·cos - 2 in place of cos: the constant cancels in
+  the softmax and the factor 2 is in η's starting value);
 - POD-spatial: every stage output of M(t-1) (frozen, eval mode) and M(t), squared, summed
   over the width and over the height, the two poolings concatenated, L2-normalised, and
   compared by the Euclidean (Frobenius) distance; averaged over stages and the batch;
@@ -25,8 +26,8 @@ Adapted to IIL (every class is old, no new heads):
   old linear head instead was rejected: K copies of one row never separate under the
   symmetric proxy softmax, and a cosine classifier has no place for the linear head's bias
   or the feature norms, so it would not keep M(0)'s decisions anyway. A class without any
-  sample takes the old head's (normalised) row in all its proxies. η starts at 1.0, the
-  authors' initial value. Later phases keep the LSC head.
+  sample takes the old head's (normalised) row in all its proxies. η starts at 2.0, the
+  authors' starting scale in cosine units. Later phases keep the LSC head.
 - The exemplar memory (per_class per class, herding) is filled at phase 1 from D(0) with
   M(0)'s features, as base training would have left it, and re-selected from old
   exemplars ∪ D(t) with M(t)'s features at the end of every phase.
@@ -70,7 +71,8 @@ class PODNetOptions:
     lambda_flat: float = 1.0  # paper, idem
     proxies: int = 10  # K proxies per class, paper
     margin: float = 0.6  # δ of the NCA loss, paper
-    eta_init: float = 1.0  # learned scale η, the authors' initial value
+    # Learned scale η: the authors' code starts η = 1 on 2·cos − 2, i.e. 2 on the cosine.
+    eta_init: float = 2.0
     flat_distance: str = "cosine"  # the authors' code; "l2" as the paper writes it
     per_class: int = 20  # exemplars per class (the usual 20 of CIFAR-100 work)
 
