@@ -164,6 +164,9 @@ def create_methods(config: Config) -> list[Method]:
     methods = [method_for(config, name) for name in config.methods]
     for method in methods:
         method.check_budget(method.budget(config.base, config.phase))
+        if config.compile and not method.compiles():
+            raise InstilError(f"compile: {method.label}'s loss cannot be compiled with its "
+                              "options (dbd: set lean=false), or set compile=false")
     return methods
 
 

@@ -104,6 +104,10 @@ class Method:
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (`step` counts from 0 within the phase)."""
 
+    def compiles(self) -> bool:
+        """Whether the loss can go through torch.compile (config `compile`)."""
+        return True
+
     def reads_buffers_each_step(self) -> bool:
         """Whether after_step reads the trainable module's buffers (then, under torchrun,
         the engine gives every rank rank 0's before each call)."""

@@ -50,8 +50,10 @@ class DBDOptions:
     freeze_epochs: int = 10  # paper: E_f = 10
     ema_every: int = 0  # consolidate every k steps; 0 = at the end of each epoch
     # One teacher and one student call on cat([x, x̃]) instead of four calls (METHOD.md §2,
-    # cost): the same numbers up to rounding, fewer kernel launches. False: four calls.
-    lean: bool = True
+    # cost): the same numbers up to rounding, fewer kernel launches. Measured slower on the
+    # 2-core CPU (docs/performance.md: 2.94x a finetune epoch against 2.65x), so off by
+    # default; for GPUs, where launches cost more, measure it with bench/gpu.sh.
+    lean: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -244,6 +246,11 @@ class DBD(Method):
         """L_DIS on freshly dusted x by the separate calls (METHOD.md §2.3)."""
         return distillation_kl(*self.dusted_logits(dust(x, self.options.sigma)),
                                self.options.tau)
+
+    def compiles(self) -> bool:
+        # The lean step swaps BatchNorm forwards inside the loss, which torch.compile cannot
+        # trace.
+        return not (self.options.dis and self.options.lean)
 
     def reads_buffers_each_step(self) -> bool:
         return bool(self.options.kc and self.options.ema_every)
