@@ -19,14 +19,14 @@ def test_bench_speed_writes_consistent_figures(tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "speed.json"
     code = main(["bench", "speed", "--preset", "configs/fmnist-quick.yaml", "--steps", "3",
-                 "--batch", "16", "--json", str(out), *SYNTHETIC])
+                 "--repeats", "2", "--batch", "16", "--json", str(out), *SYNTHETIC])
     assert code == 0, capsys.readouterr().err
     assert "dbd epoch" in capsys.readouterr().out
     r = json.loads(out.read_text())["figures"]
     for key in ("ceiling_images_per_s", "base_images_per_s", "finetune_images_per_s",
                 "dbd_images_per_s", "eval_images_per_s", "peak_memory_mb"):
         assert r[key] > 0, key
-    assert r["batch"] == 16 and r["steps"] == 3
+    assert r["batch"] == 16 and r["steps"] == 3 and r["repeats"] == 2
     assert r["data_path_overhead"] == pytest.approx(
         1 - r["finetune_images_per_s"] / r["ceiling_images_per_s"])
     assert r["dbd_vs_finetune_epoch_time"] == pytest.approx(

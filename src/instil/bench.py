@@ -124,8 +124,14 @@ def describe_device(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def median_of(repeats: int, measure: Callable[[], float]) -> float:
+    """The median of several measurements: a 2-core machine's timings wander by ~10% from
+    one run to the next (other processes, frequency), a median of 3 much less."""
+    return float(np.median([measure() for _ in range(repeats)]))
+
+
 def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
-                batch: int | None = None) -> dict[str, Any]:
+                batch: int | None = None, repeats: int = 3) -> dict[str, Any]:
     device = resolve_device(config.device, world().local_rank)
     check_precision(config.precision, device)
     speed = Speed(config.precision, config.compile)
@@ -142,15 +148,20 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
                           f"{len(order)} training images; lower --steps")
     indices = order[:n_images]
 
-    top = ceiling(model, bundle.input_shape, bundle.num_classes, phase_cfg.batch_size,
-                  phase_cfg, speed, warmup, steps, device, config.channels_last)
-    base = pipeline(Finetune(), model, source,
-                    order[:steps * base_cfg.batch_size * world().size], base_cfg, speed, warmup)
-    finetune = pipeline(Finetune(), model, source, indices, phase_cfg, speed, warmup)
-    dbd = pipeline(method_for(config, "dbd"), model, source, indices, phase_cfg, speed, warmup)
+    top = median_of(repeats, lambda: ceiling(
+        model, bundle.input_shape, bundle.num_classes, phase_cfg.batch_size, phase_cfg, speed,
+        warmup, steps, device, config.channels_last))
+    base_part = order[:steps * base_cfg.batch_size * world().size]
+    base = median_of(repeats, lambda: pipeline(Finetune(), model, source, base_part, base_cfg,
+                                               speed, warmup))
+    finetune = median_of(repeats, lambda: pipeline(Finetune(), model, source, indices,
+                                                   phase_cfg, speed, warmup))
+    dbd = median_of(repeats, lambda: pipeline(method_for(config, "dbd"), model, source,
+                                              indices, phase_cfg, speed, warmup))
     eval_batches = source.batches("train", order[:steps * config.eval_batch_size],
                                   BatchPlan(config.eval_batch_size, train=False))
-    eval_s = timed(lambda: predict(model, eval_batches, config.precision), 1, 1, device)
+    eval_s = 1 / median_of(repeats, lambda: 1 / timed(
+        lambda: predict(model, eval_batches, config.precision), 1, 1, device))
 
     n_train = len(bundle.train)
     n_base = round(config.base_fraction * n_train)
@@ -163,6 +174,7 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
     return {
         "preset": config.name, "device": describe_device(device), "torch": torch.__version__,
         "model": config.model.name, "batch": phase_cfg.batch_size, "steps": steps,
+        "repeats": repeats,
         "precision": config.precision, "channels_last": config.channels_last,
         "compile": config.compile, "processes": world().size,
         "ceiling_images_per_s": top,

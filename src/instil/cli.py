@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     speed.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     speed.add_argument("--steps", type=int, default=40, help="timed steps per figure")
+    speed.add_argument("--repeats", type=int, default=3,
+                       help="measurements per figure; the median is reported")
     speed.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     speed.add_argument("--set", dest="overrides", action="append", default=[],
                        help="override a config key, e.g. --set precision=bf16")
@@ -147,11 +149,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = load_named(args)
     if args.device:
         config = dataclasses.replace(config, device=args.device)
-    if args.steps < 1 or (args.batch is not None and args.batch < 2):
-        raise InstilError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs two)")
+    if args.steps < 1 or args.repeats < 1 or (args.batch is not None and args.batch < 2):
+        raise InstilError("--steps and --repeats must be >= 1 and --batch >= 2 (BatchNorm "
+                          "needs two)")
     w = distributed.start(resolve_device(config.device).type)
     try:
-        figures = bench_speed(config, steps=args.steps, batch=args.batch)
+        figures = bench_speed(config, steps=args.steps, batch=args.batch,
+                              repeats=args.repeats)
     finally:
         distributed.stop()
     if not w.main:
