@@ -66,3 +66,20 @@ def toy_args(tmp_path: Path) -> list[str]:
     for item in TOY_SETS + [f"cache_dir={tmp_path / 'cache'}"]:
         args += ["--set", item]
     return args
+
+
+def write_image_folder(root: Path, n_train: int, n_val: int, noise: int, lift: int) -> Path:
+    """PNG class folders `root/{train,val}/{red,green}`: noisy 20x20 images whose class
+    channel is lifted by `lift`, so that the classes can be learnt."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for k, cls in enumerate(("red", "green")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, noise, (20, 20, 3), dtype=np.uint8)
+                pixels[..., k] += lift
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root

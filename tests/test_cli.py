@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from instil.cli import main
-from tests.conftest import write_fmnist
+from tests.conftest import write_fmnist, write_image_folder
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -195,17 +195,7 @@ def test_list_shows_registries(capsys: pytest.CaptureFixture) -> None:
 def test_image_folder_streams_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture,
                                          workers: int) -> None:
     """The file path: PNGs decoded by DataLoader workers, normalised on the device."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 4)):
-        for k, cls in enumerate(("red", "green")):
-            folder = tmp_path / "imgs" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-                pixels[..., k] += 180
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", 12, 4, noise=60, lift=180)
     out = tmp_path / "out"
     code = main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress",
                  "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}",

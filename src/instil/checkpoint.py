@@ -60,18 +60,24 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    path = Path(path)
+def load_tensors_only(path: Path, what: str) -> Any:
+    """torch.load admitting tensors and plain containers only: a file that carries code is
+    refused, never run."""
     if not path.is_file():
-        raise InstilError(f"{path}: no such checkpoint file")
+        raise InstilError(f"{path}: no such {what} file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InstilError(f"{path}: refused: the file holds pickled objects other than "
                           "tensors (it could run code); save a state dict instead") from None
     except Exception as e:  # a truncated or foreign file: the user can fix it, not us
-        raise InstilError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+        raise InstilError(f"{path}: unreadable {what} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    raw = load_tensors_only(path, "checkpoint")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise InstilError(f"{path}: not an instil checkpoint; for a torchvision state dict "
                           "pass --arch and --classes")
@@ -120,15 +126,7 @@ def from_torchvision(path: Path, arch: str, classes: list[str],
                      image_size: int = 224) -> Checkpoint:
     """A torchvision ResNet state dict (fc = the classifier) as an instil checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise InstilError(f"{path}: no such state dict file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InstilError(f"{path}: refused: the file holds pickled objects other than "
-                          "tensors (it could run code); save a state dict instead") from None
-    except Exception as e:
-        raise InstilError(f"{path}: unreadable state dict ({type(e).__name__})") from None
+    state = load_tensors_only(path, "state dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                              for v in state.values()):
         raise InstilError(f"{path}: not a state dict (a mapping of names to tensors)")

@@ -16,6 +16,7 @@ import pytest
 import instil.engine.protocol as protocol
 from instil.cli import main
 from instil.methods import METHODS
+from tests.conftest import write_image_folder
 
 # Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase.
 RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
@@ -139,18 +140,7 @@ def test_resume_is_exact_on_image_files_with_workers(
         workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """File data sets augment in DataLoader workers: a resumed epoch must crop and flip
     each image as the uninterrupted run did."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for k, cls in enumerate(("red", "green")):
-            folder = tmp_path / "imgs" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 120, (20, 20, 3), dtype=np.uint8)
-                pixels[..., k] += 120
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", 24, 8, noise=120, lift=120)
     args = ["run", "configs/toy2d.yaml", "--no-progress",
             "--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}",
             "--set", "data.options={}", "--set", "data.image_size=16",
