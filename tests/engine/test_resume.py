@@ -71,6 +71,36 @@ def test_resume_after_an_interruption_gives_the_same_numbers(
     assert not list((cut / "state").glob("*.pkl"))  # cleaned up once finished
 
 
+def test_an_interrupted_base_training_resumes_from_its_last_saved_epoch(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
+            "--set", "methods=[finetune]", "--set", "base.epochs=6"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    # Another cache, so that the cut run trains M(0) itself rather than loading it.
+    cut_args = args + ["--set", f"cache_dir={tmp_path / 'other-cache'}", "--out",
+                       str(tmp_path / "cut")]
+    saves = []
+    real_save = protocol.save_state
+
+    def save_then_stop(*a, **k) -> None:
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == 3:  # after base epoch 3 of 6
+            raise Interrupted
+
+    monkeypatch.setattr(protocol, "save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        main(cut_args)
+    monkeypatch.setattr(protocol, "save_state", real_save)
+    assert (tmp_path / "cut" / "state" / "base-0.pkl").exists()
+    capsys.readouterr()
+    assert main(cut_args + ["--resume"]) == 0
+    assert "base order seed 0: resumed after phase 0, epoch 3" in capsys.readouterr().err
+    assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
+    assert not (tmp_path / "cut" / "state").exists()
+
+
 def test_kill_9_mid_phase_then_resume(tmp_path: Path, toy_args: list[str]) -> None:
     args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args,
             "--set", "methods=[dbd]", "--set", "order_seeds=[0]", "--set", "n_phases=4",

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class Session:
     device: torch.device
     out: Path
     bar: tqdm
+    resume: bool = False  # go on from the states an interrupted run saved
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
@@ -209,6 +210,22 @@ def phase_context(session: Session, split: IILSplit, phase: int, tag: str,
                                                "method")))
 
 
+def epoch_saver(every_seconds: float, last_epoch: int,
+                save: Callable[[Progress], None]) -> OnProgress:
+    """Calls `save` after an epoch at most every `every_seconds` (pickling a large model
+    costs), and never after `last_epoch`: the caller saves what supersedes it at once."""
+    last_save = [time.perf_counter()]
+
+    def on_progress(progress: Progress) -> None:
+        if progress.epochs_done == last_epoch or \
+                time.perf_counter() - last_save[0] < every_seconds:
+            return
+        save(progress)
+        last_save[0] = time.perf_counter()
+
+    return on_progress
+
+
 def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
                 previous: nn.Module | None, tag: str, budget: TrainConfig,
                 resume: Progress | None = None, on_progress: OnProgress | None = None
@@ -259,14 +276,39 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
         broadcast_state(model)
         session.bar.update(config.base.epochs)
         return model
-    trainer = Finetune()
-    seconds, _ = train_phase(session, trainer, split, 0, model, "base", config.base)
-    model = trainer.deployed()
+    model, seconds = train_base(session, split, model)
     if world().main:
         save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds})
-    session.log(f"M(0) of order seed {split.order_seed} trained in {seconds:.1f} s, "
-                f"cached as {path}")
+    session.log(f"M(0) of order seed {split.order_seed} cached as {path}")
+    state_path(session.out, "base", split.order_seed, world()).unlink(missing_ok=True)
     return model
+
+
+def train_base(session: Session, split: IILSplit, model: nn.Module
+               ) -> tuple[nn.Module, float]:
+    """Trains M(0) on D(0) by fine-tuning `model`; with --resume, from the epoch an
+    interrupted training saved last (base training is the longest phase of a run). Returns
+    M(0) and the seconds this call trained."""
+    config = session.config
+    path = state_path(session.out, "base", split.order_seed, world())
+    externals = {"session": session, "source": session.source}
+    fresh = Finetune()
+    state = interrupted_run(session, "base", split.order_seed, fresh) if session.resume \
+        else None
+    trainer = fresh if state is None else state.method
+    if state is not None:
+        restore_rng(state.rng)
+
+    def saved(progress: Progress) -> None:
+        save_state(path, RunState(config.to_dict(), trainer, [], 0, progress, rng_state()),
+                   externals)
+
+    seconds, _ = train_phase(session, trainer, split, 0, model, "base", config.base,
+                             None if state is None else state.progress,
+                             epoch_saver(config.state_every_seconds, config.base.epochs, saved))
+    session.log(f"M(0) of order seed {split.order_seed} trained"
+                + (" (resumed)" if state is not None else "") + f" in {seconds:.1f} s")
+    return trainer.deployed(), seconds
 
 
 def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[str, Any]:
@@ -299,12 +341,9 @@ def run_method(session: Session, method: Method, start: SeedStart,
     method = state.method
     started, wall_before = time.perf_counter(), state.wall_seconds
 
-    last_save = [time.perf_counter()]
-
     def save() -> None:
         state.wall_seconds = wall_before + time.perf_counter() - started
         save_state(path, state, externals)
-        last_save[0] = time.perf_counter()
 
     previous = copy.deepcopy(start.m0) if state.phase == 0 else None
     for t in range(1, config.n_phases + 1):
@@ -318,16 +357,13 @@ def run_method(session: Session, method: Method, start: SeedStart,
             previous = method.deployed()
 
         def saved(progress: Progress, t: int = t) -> None:
-            # The last epoch's state is superseded by the phase's own at once; others are
-            # saved at most every state_every_seconds (pickling a large model costs).
-            if progress.epochs_done == budget.epochs or \
-                    time.perf_counter() - last_save[0] < config.state_every_seconds:
-                return
             state.phase, state.progress, state.rng = t, progress, rng_state()
             save()
 
         seconds, n_train = train_phase(session, method, split, t, previous, method.label,
-                                       budget, resume, saved)
+                                       budget, resume,
+                                       epoch_saver(config.state_every_seconds,
+                                                   budget.epochs, saved))
         digest = check_replicas(method.deployed(), f"{method.label}, order seed "
                                                    f"{split.order_seed}, phase {t}")
         if world().distributed:
@@ -336,7 +372,8 @@ def run_method(session: Session, method: Method, start: SeedStart,
         metrics = evaluate_phase(session, method, start)
         state.phases.append({"phase": t, **metrics, "train_seconds": seconds,
                              "n_train": n_train})
-        state.phase, state.progress, state.rng = t, None, rng_state()
+        # No generator state at a phase's end: every phase seeds its own at its start.
+        state.phase, state.progress, state.rng = t, None, {}
         save()
         session.log(f"{method.label} order seed {split.order_seed} phase {t}: acc_test "
                     f"{metrics['acc_test']:.2f} pp {metrics['pp']:+.2f} f {metrics['f']:+.2f} "
@@ -405,7 +442,7 @@ class SeedStart:
 
 @contextlib.contextmanager
 def open_session(config: Config, out: Path, total_epochs: int,
-                 show_progress: bool = True) -> Iterator[Session]:
+                 show_progress: bool = True, resume: bool = False) -> Iterator[Session]:
     """Checks the output folder, loads the data onto the device, opens the progress bar."""
     out = Path(out)
     w = world()
@@ -421,7 +458,7 @@ def open_session(config: Config, out: Path, total_epochs: int,
     # disable=None turns the bar off when stderr is not a terminal (logs get one line a phase).
     with tqdm(total=total_epochs, unit="epoch", dynamic_ncols=True,
               disable=None if show_progress and w.main else True) as bar:
-        yield Session(config, source, device, out, bar)
+        yield Session(config, source, device, out, bar, resume)
 
 
 def start_seed(session: Session, order_seed: int) -> SeedStart:
@@ -516,14 +553,16 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
     return kept
 
 
-def interrupted_run(session: Session, name: str, order_seed: int) -> RunState | None:
-    """The saved state of an unfinished run of `name` on `order_seed`, if there is one."""
+def interrupted_run(session: Session, name: str, order_seed: int,
+                    fresh: Method) -> RunState | None:
+    """The saved state of an unfinished run of `name` on `order_seed`, if there is one; its
+    method must have the options of `fresh`, the one a new run would use."""
     path = state_path(session.out, name, order_seed, world())
     if not path.exists():
         return None
     state = load_state(path, {"session": session, "source": session.source})
     check_same_protocol(state.config, session.config, path)
-    if options_of(state.method) != options_of(method_for(session.config, name)):
+    if options_of(state.method) != options_of(fresh):
         raise InstilError(f"{path}: {name} ran with options {options_of(state.method)}; "
                           "they changed since; use another --out")
     session.log(f"{name} order seed {order_seed}: resumed after phase {state.phase}"
@@ -537,7 +576,8 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
     kept = finished_runs(config, out, resume) if world().main else None
     finished = {(r["method"], r["order_seed"]): r for r in broadcast_object(kept)}
     runs: list[dict[str, Any]] = []
-    with open_session(config, out, planned_epochs(config, methods), show_progress) as session:
+    with open_session(config, out, planned_epochs(config, methods), show_progress,
+                      resume) as session:
         for order_seed in config.order_seeds:
             start = None
             for name in config.methods:
@@ -548,7 +588,7 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                 start = start or start_seed(session, order_seed)
                 # A fresh method per order seed: no state leaks from one seed's run to another.
                 method = method_for(config, name)
-                state = interrupted_run(session, name, order_seed) if resume else None
+                state = interrupted_run(session, name, order_seed, method) if resume else None
                 # Ranks killed at slightly different moments may have saved different epochs.
                 check_same(None if state is None else (state.phase, state.progress and
                                                        state.progress.epochs_done),

@@ -40,7 +40,7 @@ class RunState:
     phases: list[dict[str, Any]]  # the metrics of every finished phase
     phase: int  # the phase in progress, or the last finished one when progress is None
     progress: Progress | None  # where training of `phase` stands; None: `phase` is finished
-    rng: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)  # mid-phase generators; {} at its end
     wall_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=lambda: versions())
 

@@ -242,11 +242,6 @@ class DBD(Method):
             student_logits = self.student(both)
         return teacher_logits[:n], student_logits[:n], teacher_logits[n:], student_logits[n:]
 
-    def dusted_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """L_DIS on freshly dusted x by the separate calls (METHOD.md §2.3)."""
-        return distillation_kl(*self.dusted_logits(dust(x, self.options.sigma)),
-                               self.options.tau)
-
     def compiles(self) -> bool:
         # The lean step swaps BatchNorm forwards inside the loss, which torch.compile cannot
         # trace.
