@@ -78,19 +78,37 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
-def phase_table(runs: list[dict[str, Any]], methods: list[str]) -> str:
-    """acc_test / pp / f per phase, one row per phase, three columns per method."""
-    head = "| phase | " + " | ".join(f"{m} acc_test | {m} pp | {m} f" for m in methods) + " |\n"
-    head += "|---" * (1 + 3 * len(methods)) + "|\n"
-    series = {(m, k): {t: (mean, ci) for t, mean, ci in per_phase(runs, m, k)}
-              for m in methods for k in ("acc_test", "pp", "f")}
+def phase_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str:
+    """One metric per phase: a row per phase, a column per method (a method that skips a
+    phase, like joint, shows '–' there), so that many methods still read side by side."""
+    head = f"| phase | {' | '.join(methods)} |\n" + "|---" * (1 + len(methods)) + "|\n"
+    series = {m: {t: (mean, ci) for t, mean, ci in per_phase(runs, m, key)} for m in methods}
     phases = sorted({t for s in series.values() for t in s})
-    lines = []
-    for t in phases:
-        cells = [fmt(*series[(m, k)][t]) if t in series[(m, k)] else "–"
-                 for m in methods for k in ("acc_test", "pp", "f")]
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines = [f"| {t} | " + " | ".join(fmt(*series[m][t]) if t in series[m] else "–"
+                                       for m in methods) + " |" for t in phases]
     return head + "\n".join(lines) + "\n"
+
+
+PHASE_METRICS = {"acc_test": "acc_test", "pp": "pp (promotion over M(0))",
+                 "f": "f (forgetting of D(0))"}
+
+
+def student_lines(runs: list[dict[str, Any]]) -> str:
+    """For methods that deploy one model and train another (dbd's teacher and student): the
+    student's final acc_test and acc_base and the deployed model's lead over it."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in runs):
+        last = [r["phases"][-1] for r in runs if r["method"] == method and r["phases"]]
+        if not last or "student_acc_test" not in last[0]:
+            continue
+        cells = []
+        for key in ("acc_test", "acc_base"):
+            student = [p[f"student_{key}"] for p in last]
+            lead = [p[key] - s for p, s in zip(last, student, strict=True)]
+            cells.append(f"{key} {fmt(*mean_ci95(student))} (deployed − student "
+                         f"{fmt(*mean_ci95(lead))})")
+        lines.append(f"- {method}'s student after the last phase: " + ", ".join(cells))
+    return "\n".join(lines) + "\n\n" if lines else ""
 
 
 def summary_markdown(config_name: str, runs: list[dict[str, Any]],
@@ -100,7 +118,10 @@ def summary_markdown(config_name: str, runs: list[dict[str, Any]],
             "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
-            f"## Per phase\n\n{phase_table(runs, methods)}")
+            f"{student_lines(runs)}"
+            "## Per phase\n\n" + "\n".join(
+                f"### {title}\n\n{phase_table(runs, methods, key)}"
+                for key, title in PHASE_METRICS.items()))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

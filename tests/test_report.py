@@ -1,0 +1,55 @@
+"""The summary's tables: per-phase tables by metric, and the student lines of dbd-like runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from instil.report import phase_table, student_lines, summarise, summary_markdown
+
+
+def run(method: str, seed: int, phases: list[int], shift: float,
+        student: bool = False) -> dict[str, Any]:
+    metrics = []
+    for t in phases:
+        m = {"phase": t, "acc_test": 90.0 + shift + t, "pp": shift + t, "acc_base": 91.0,
+             "f": 0.1 * t, "f_rel": 0.1, "nfr": 1.0, "train_seconds": 2.0}
+        if student:
+            m.update(student_acc_test=m["acc_test"] - 0.5 - seed, student_acc_base=90.0)
+        metrics.append(m)
+    return {"method": method, "order_seed": seed, "uses_old_data": method == "joint",
+            "parameters": 10, "base": {"acc_test": 89.0, "acc_base": 91.0},
+            "phases": metrics}
+
+
+@pytest.fixture
+def runs() -> list[dict[str, Any]]:
+    return [run("dbd", s, [1, 2, 3], s, student=True) for s in (0, 1)] + \
+        [run("joint", s, [3], 2.0 * s) for s in (0, 1)]
+
+
+def test_a_phase_table_has_a_row_per_phase_and_a_column_per_method(runs: list) -> None:
+    lines = phase_table(runs, ["dbd", "joint"], "pp").splitlines()
+    assert lines[0] == "| phase | dbd | joint |"
+    assert len(lines) == 2 + 3
+    # Phase 1: dbd's pp is 1 and 2 on its two seeds; joint did not run that phase.
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "1" and cells[1].startswith("1.50 ± ") and cells[2] == "–"
+    cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert cells[0] == "3" and cells[2].startswith("4.00 ± ")
+
+
+def test_student_lines_report_the_lead_of_the_deployed_model(runs: list) -> None:
+    text = student_lines(runs)
+    # Student acc_test is 0.5 + seed below the teacher's: lead 0.5 and 1.5, mean 1.0.
+    assert text.startswith("- dbd's student after the last phase: acc_test 92.50 ± ")
+    assert "(deployed − student 1.00 ± " in text and "joint" not in text
+    assert student_lines([r for r in runs if r["method"] == "joint"]) == ""
+
+
+def test_the_summary_has_one_per_phase_table_per_metric(runs: list) -> None:
+    text = summary_markdown("toy", runs, summarise(runs))
+    for title in ("### acc_test", "### pp (promotion", "### f (forgetting"):
+        assert text.count(title) == 1
+    assert text.count("| phase | dbd | joint |") == 3
