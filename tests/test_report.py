@@ -53,3 +53,18 @@ def test_the_summary_has_one_per_phase_table_per_metric(runs: list) -> None:
     for title in ("### acc_test", "### pp (promotion", "### f (forgetting"):
         assert text.count(title) == 1
     assert text.count("| phase | dbd | joint |") == 3
+
+
+def test_a_shift_stream_adds_acc_shift_to_every_table(runs: list) -> None:
+    for r in runs:
+        r["base"]["acc_shift"] = 80.0
+        for p in r["phases"]:
+            p["acc_shift"] = 80.0 + p["phase"]
+    text = summary_markdown("toy", runs, summarise(runs))
+    assert "acc_test 89.00 ± 0.00, acc_base 91.00 ± 0.00, acc_shift 80.00 ± 0.00" in text
+    assert "| method | old data | params | phase | seeds | acc_test | pp | f | f_rel | nfr | " \
+           "acc_shift | train s |" in text
+    assert "| dbd | no | 10 | 3 | 2 | " in text and "| 83.00 ± 0.00 | 6.0 |" in text
+    assert text.count("### acc_shift") == 1
+    assert "acc_shift" not in summary_markdown(
+        "toy", [run("dbd", 0, [1], 0.0)], summarise([run("dbd", 0, [1], 0.0)]))

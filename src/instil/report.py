@@ -8,6 +8,7 @@ from typing import Any
 from instil.metrics import mean_ci95
 
 METRICS = ("acc_test", "pp", "acc_base", "f", "f_rel", "nfr")
+SHIFT = "acc_shift"  # only on a sub-population-shift stream (data.streams)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -21,7 +22,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "uses_old_data": mine[0]["uses_old_data"],
                                "final_phase": mine[0]["phases"][-1]["phase"],
                                "parameters": mine[0]["parameters"]}
-        for key in METRICS:
+        for key in METRICS + ((SHIFT,) if SHIFT in mine[0]["phases"][-1] else ()):
             row[f"{key}_mean"], row[f"{key}_ci95"] = mean_ci95(
                 [r["phases"][-1][key] for r in mine])
         row["train_seconds_mean"], _ = mean_ci95(
@@ -51,8 +52,10 @@ def base_line(runs: list[dict[str, Any]]) -> str:
     seen = {r["order_seed"]: r["base"] for r in runs}
     acc_test = mean_ci95([b["acc_test"] for b in seen.values()])
     acc_base = mean_ci95([b["acc_base"] for b in seen.values()])
+    shift = f", {SHIFT} {fmt(*mean_ci95([b[SHIFT] for b in seen.values()]))}" \
+        if all(SHIFT in b for b in seen.values()) else ""
     return (f"M(0) over {len(seen)} order seed(s): acc_test {fmt(*acc_test)}, "
-            f"acc_base {fmt(*acc_base)}")
+            f"acc_base {fmt(*acc_base)}{shift}")
 
 
 def count(n: int) -> str:
@@ -65,17 +68,19 @@ def count(n: int) -> str:
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """The paper's Table 1 layout: one row per method, whether it keeps old data, its
-    parameters after the last phase, the final metrics and the training time of all phases."""
-    header = ("| method | old data | params | phase | acc_test | pp | f | f_rel | nfr | train s |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [
-        f"| {r['method']} | {'yes' if r['uses_old_data'] else 'no'} | {count(r['parameters'])} "
-        f"| {r['final_phase']} | "
-        f"{fmt(r['acc_test_mean'], r['acc_test_ci95'])} | {fmt(r['pp_mean'], r['pp_ci95'])} | "
-        f"{fmt(r['f_mean'], r['f_ci95'])} | {fmt(r['f_rel_mean'], r['f_rel_ci95'])} | "
-        f"{fmt(r['nfr_mean'], r['nfr_ci95'])} | {r['train_seconds_mean']:.1f} |"
-        for r in rows]
-    return header + "\n".join(lines) + "\n"
+    parameters after the last phase, the final metrics (acc_shift too on a shift stream) and
+    the training time of all phases; `seeds` says how many order seeds each row averages."""
+    shift = any(f"{SHIFT}_mean" in r for r in rows)
+    metrics = ["acc_test", "pp", "f", "f_rel", "nfr", *([SHIFT] if shift else [])]
+    head = ["method", "old data", "params", "phase", "seeds", *metrics, "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        cells = [r["method"], "yes" if r["uses_old_data"] else "no", count(r["parameters"]),
+                 str(r["final_phase"]), str(r["n_orders"]),
+                 *(fmt(r[f"{k}_mean"], r[f"{k}_ci95"]) if f"{k}_mean" in r else "–"
+                   for k in metrics), f"{r['train_seconds_mean']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def phase_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str:
@@ -90,7 +95,8 @@ def phase_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str
 
 
 PHASE_METRICS = {"acc_test": "acc_test", "pp": "pp (promotion over M(0))",
-                 "f": "f (forgetting of D(0))"}
+                 "f": "f (forgetting of D(0))",
+                 SHIFT: f"{SHIFT} (the test images of the sub-populations D(0) lacked)"}
 
 
 def student_lines(runs: list[dict[str, Any]]) -> str:
@@ -114,14 +120,14 @@ def student_lines(runs: list[dict[str, Any]]) -> str:
 def summary_markdown(config_name: str, runs: list[dict[str, Any]],
                      rows: list[dict[str, Any]]) -> str:
     methods = [r["method"] for r in rows]
+    shift = any(SHIFT in p for r in runs for p in r["phases"])
+    tables = "\n".join(f"### {title}\n\n{phase_table(runs, methods, key)}"
+                       for key, title in PHASE_METRICS.items() if key != SHIFT or shift)
     return (f"# {config_name}\n\n{base_line(runs)}\n\n"
             "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
-            f"{student_lines(runs)}"
-            "## Per phase\n\n" + "\n".join(
-                f"### {title}\n\n{phase_table(runs, methods, key)}"
-                for key, title in PHASE_METRICS.items()))
+            f"{student_lines(runs)}## Per phase\n\n{tables}")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
