@@ -41,6 +41,8 @@ def test_toy_protocol_end_to_end(tmp_path: Path, toy_args: list[str],
     assert [p["phase"] for p in runs[("joint", 0)]["phases"]] == [3]
     assert runs[("joint", 0)]["uses_old_data"] and not runs[("finetune", 0)]["uses_old_data"]
     assert runs[("joint", 0)]["phases"][0]["n_train"] == 600
+    # What ran it, so that timings are read against their machine.
+    assert runs[("finetune", 0)]["ran_on"].endswith(" threads, 1 process(es)")
     phase = runs[("finetune", 1)]["phases"][-1]
     for key in ("acc_test", "pp", "acc_base", "f", "f_rel", "nfr", "train_seconds"):
         assert isinstance(phase[key], float)

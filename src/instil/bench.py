@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import platform
 import resource
 import time
 from typing import Any, Callable
@@ -29,7 +28,7 @@ from torch import nn
 from instil.config import Config, TrainConfig
 from instil.data import load_dataset
 from instil.data.loaders import BatchPlan, DataSource
-from instil.engine.device import resolve_device
+from instil.engine.device import describe_device, resolve_device
 from instil.engine.distributed import world
 from instil.engine.evaluate import predict
 from instil.engine.fit import Speed, fit, make_optimizer
@@ -116,12 +115,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss is in KiB on Linux: the process's peak, data set included.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def median_of(repeats: int, measure: Callable[[], float]) -> float:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 from typing import Any
 
 import torch
 
 from instil.errors import InstilError
+
+
+def describe_device(device: torch.device) -> str:
+    """What ran the numbers, for reading timings: the GPU's name, or the CPU and the threads
+    torch uses (OMP_NUM_THREADS)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

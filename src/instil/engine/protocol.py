@@ -33,7 +33,13 @@ from instil.data.loaders import Batches, BatchPlan, DataSource
 from instil.data.split import IILSplit, prepare_split
 from instil.data.streams import plan_stream
 from instil.engine.cache import base_key, cache_root, load_base, save_base
-from instil.engine.device import derive_seed, resolve_device, restore_rng, rng_state
+from instil.engine.device import (
+    derive_seed,
+    describe_device,
+    resolve_device,
+    restore_rng,
+    rng_state,
+)
 from instil.engine.distributed import (
     barrier,
     broadcast_object,
@@ -385,7 +391,9 @@ def run_method(session: Session, method: Method, start: SeedStart,
               "parameters": sum(p.numel() for p in deployed.parameters()),
               "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base, **start.shift},
               "phases": state.phases,
-              "wall_seconds": wall_before + time.perf_counter() - started}
+              "wall_seconds": wall_before + time.perf_counter() - started,
+              # Timings compare only between runs on the same machine and threads.
+              "ran_on": f"{describe_device(session.device)}, {world().size} process(es)"}
     return record, deployed
 
 
