@@ -16,8 +16,10 @@ from instil.errors import InstilError
 from instil.methods import create_method
 from instil.methods.base import PhaseContext
 from instil.methods.dbd import (
+    DBD,
     batch_statistics,
     consolidate,
+    distillation_kl,
     dust,
     fused_labels,
     inner_mask,
@@ -95,11 +97,17 @@ def bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if "running" in k or "num_batches" in k}
 
 
+def dusted_loss(method: DBD, x: torch.Tensor) -> torch.Tensor:
+    """L_DIS alone on freshly dusted x, through the method's own dusted pass."""
+    return distillation_kl(*method.dusted_logits(dust(x, method.options.sigma)),
+                           method.options.tau)
+
+
 def test_dusted_pass_leaves_running_statistics_of_both_models() -> None:
     method = started()
     teacher_before, student_before = bn_state(method.teacher), bn_state(method.student)
     method.student.train()
-    method.dusted_loss(torch.randn(8, 1, 8, 8)).backward()
+    dusted_loss(method, torch.randn(8, 1, 8, 8)).backward()
     for before, model in ((teacher_before, method.teacher), (student_before, method.student)):
         after = bn_state(model)
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -122,7 +130,18 @@ def test_batch_statistics_context_uses_the_batch_and_restores_modes() -> None:
 def test_distillation_loss_is_exactly_zero_while_student_equals_teacher() -> None:
     method = started(sigma=1.0)
     method.student.train()
-    assert method.dusted_loss(torch.randn(16, 1, 8, 8)).item() == 0.0
+    assert dusted_loss(method, torch.randn(16, 1, 8, 8)).item() == 0.0
+
+
+@pytest.mark.parametrize(("fl", "teacher_calls"), [(True, 2), (False, 1)])
+def test_the_teacher_sees_the_clean_batch_only_for_fused_labels(fl: bool,
+                                                               teacher_calls: int) -> None:
+    method = started(fl=fl)
+    calls = []
+    method.teacher.register_forward_hook(lambda *_: calls.append(1))
+    method.student.train()
+    method.loss(torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))).backward()
+    assert len(calls) == teacher_calls
 
 
 def test_consolidation_is_the_exact_ema_including_buffers() -> None:

@@ -200,21 +200,25 @@ class DBD(Method):
         return (self.label_loss(teacher, student, y)
                 + o.beta * distillation_kl(teacher_dust, student_dust, o.tau))
 
-    def label_loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+    def label_loss(self, teacher_logits: torch.Tensor | None, student_logits: torch.Tensor,
                    y: torch.Tensor) -> torch.Tensor:
         """L_FL against the labels fused with the teacher's clean prediction (METHOD.md
         §2.2); with FL off, the plain one-hot cross-entropy."""
         o = self.options
-        if not o.fl:
+        if not o.fl or teacher_logits is None:
             return F.cross_entropy(student_logits, y)
         target = fused_labels(teacher_logits, y, o.lambda_in, o.lambda_out, o.tau)
         return soft_cross_entropy(student_logits, target, o.tau)
 
-    def clean_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def clean_logits(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Teacher and student on the clean batch, each in its own mode: the teacher in eval
-        (running statistics, as deployed), the student as the engine set it (train)."""
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        (running statistics, as deployed), the student as the engine set it (train). Only
+        fused labels read the teacher's clean logits: without FL it is not called (an eighth
+        of a DBD step's compute)."""
+        teacher_logits = None
+        if self.options.fl:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
         return teacher_logits, self.student(x)
 
     def dusted_logits(self, x_dust: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +229,8 @@ class DBD(Method):
         with batch_statistics(self.student):
             return teacher_logits, self.student(x_dust)
 
-    def separate_logits(self, x: torch.Tensor, x_dust: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def separate_logits(self, x: torch.Tensor, x_dust: torch.Tensor
+                        ) -> tuple[torch.Tensor | None, ...]:
         """Teacher, student, dusted teacher and dusted student logits by four calls (the
         reference the lean path must equal)."""
         return (*self.clean_logits(x), *self.dusted_logits(x_dust))
