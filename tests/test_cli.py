@@ -242,8 +242,15 @@ def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| run | phase.lr | method | acc_test")
-    assert "| 0.01 | finetune |" in table[2] and "| 0.02 | finetune |" in table[3]
+    assert table[0].startswith("| run | phase.lr | method | seeds | acc_test")
+    assert "| 0.01 | finetune | 2 |" in table[2] and "| 0.02 | finetune | 2 |" in table[3]
+    # On the order seeds the runs share: one seed each, so no interval.
+    assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02"),
+                 "--order-seeds", "1", "--methods", "finetune"]) == 0
+    one_seed = capsys.readouterr().out.splitlines()
+    assert "| 0.01 | finetune | 1 |" in one_seed[2] and " ± " not in one_seed[2]
+    assert main(["compare", str(tmp_path / "0.01"), "--methods", "dbd"]) == 2
+    assert "no run of methods ['dbd']" in capsys.readouterr().err
 
 
 def test_compare_names_a_folder_without_results(tmp_path: Path,

@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list data sets, models, methods and presets")
     compare = sub.add_parser("compare", help="table of several runs (e.g. a sweep)")
     compare.add_argument("runs", type=Path, nargs="+", help="run folders with results.json")
+    compare.add_argument("--methods", type=comma_list,
+                         help="only these methods, comma-separated (e.g. finetune,dbd)")
+    compare.add_argument("--order-seeds", type=comma_list,
+                         help="only these order seeds, comma-separated: compare runs on the "
+                              "seeds they share (e.g. 0,1)")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -246,6 +251,21 @@ def cmd_boundary(args: argparse.Namespace) -> int:
     return 0
 
 
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def selected_runs(result: dict, methods: list[str] | None, seeds: list[str] | None,
+                  path: Path) -> dict:
+    """`result` with only the runs of `methods` and order `seeds` (None: all)."""
+    runs = [r for r in result["runs"] if (methods is None or r["method"] in methods)
+            and (seeds is None or str(r["order_seed"]) in seeds)]
+    if not runs:
+        raise InstilError(f"{path}: no run of methods {methods or 'any'} on order seeds "
+                          f"{seeds or 'any'}; check --methods and --order-seeds")
+    return {**result, "runs": runs}
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
@@ -255,10 +275,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for folder in args.runs:
         path = folder / "results.json"
         try:
-            results[str(folder)] = json.loads(path.read_text())
+            result = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise InstilError(f"{path}: cannot read results ({e}); is it a finished run?") \
                 from None
+        results[str(folder)] = selected_runs(result, args.methods, args.order_seeds, path)
     print(compare_table(results), end="")
     return 0
 

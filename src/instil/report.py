@@ -149,7 +149,8 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
     keys = sorted({k for c in configs.values() for k in c})
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1
                and k != "name"]
-    head = ["run", *varying, "method", "acc_test", "pp", "f", "nfr", "student acc_test"]
+    head = ["run", *varying, "method", "seeds", "acc_test", "pp", "f", "nfr",
+            "student acc_test"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, result in results.items():
         for row in summarise(result["runs"]):
@@ -157,7 +158,7 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
                                  if r["method"] == row["method"]
                                  and "student_acc_test" in r["phases"][-1]] or [math.nan])
             cells = [name, *(str(configs[name].get(k, "")) for k in varying), row["method"],
-                     fmt(row["acc_test_mean"], row["acc_test_ci95"]),
+                     str(row["n_orders"]), fmt(row["acc_test_mean"], row["acc_test_ci95"]),
                      fmt(row["pp_mean"], row["pp_ci95"]), fmt(row["f_mean"], row["f_ci95"]),
                      fmt(row["nfr_mean"], row["nfr_ci95"]),
                      "–" if math.isnan(student[0]) else fmt(*student)]
