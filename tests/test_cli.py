@@ -249,6 +249,13 @@ def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[
                  "--order-seeds", "1", "--methods", "finetune"]) == 0
     one_seed = capsys.readouterr().out.splitlines()
     assert "| 0.01 | finetune | 1 |" in one_seed[2] and " ± " not in one_seed[2]
+    assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02"),
+                 "--per-phase", "pp"]) == 0
+    lines = capsys.readouterr().out.split("### pp")[1].strip().splitlines()
+    assert lines[0] == f"| phase | {tmp_path / '0.01'}: finetune | {tmp_path / '0.02'}: finetune |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["1", "2", "3"]
+    assert main(["compare", str(tmp_path / "0.01"), "--per-phase", "acc_shift"]) == 2
+    assert "--per-phase acc_shift: not a metric" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "0.01"), "--methods", "dbd"]) == 2
     assert "no run of methods ['dbd']" in capsys.readouterr().err
 

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--order-seeds", type=comma_list,
                          help="only these order seeds, comma-separated: compare runs on the "
                               "seeds they share (e.g. 0,1)")
+    compare.add_argument("--per-phase", type=comma_list, default=[], metavar="METRICS",
+                         help="also a per-phase table of each of these metrics, a column per "
+                              "run and method (e.g. pp,f)")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -269,7 +272,7 @@ def selected_runs(result: dict, methods: list[str] | None, seeds: list[str] | No
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from instil.report import compare_table
+    from instil.report import compare_table, per_phase_tables
 
     results = {}
     for folder in args.runs:
@@ -281,6 +284,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 from None
         results[str(folder)] = selected_runs(result, args.methods, args.order_seeds, path)
     print(compare_table(results), end="")
+    known = set.intersection(*(set(p) for result in results.values()
+                               for r in result["runs"] for p in r["phases"]))
+    for key in args.per_phase:
+        if key not in known or key in ("phase", "n_train"):
+            raise InstilError(f"--per-phase {key}: not a metric of every phase of these runs; "
+                              f"one of {', '.join(sorted(known - {'phase', 'n_train'}))}")
+    if args.per_phase:
+        print("\n" + per_phase_tables(results, args.per_phase), end="")
     return 0
 
 

@@ -164,3 +164,13 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
                      "–" if math.isnan(student[0]) else fmt(*student)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def per_phase_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str:
+    """A `phase_table` per metric over several runs: a column per method, named
+    'run: method' when there are several runs."""
+    several = len(results) > 1
+    runs = [{**r, "method": f"{name}: {r['method']}" if several else r["method"]}
+            for name, result in results.items() for r in result["runs"]]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    return "\n".join(f"### {key}\n\n{phase_table(runs, methods, key)}" for key in keys)
