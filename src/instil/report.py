@@ -147,8 +147,9 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
     the final metrics. For sweeps: each run differs from the others by its `--set`s."""
     configs = {name: flatten(r["config"]) for name, r in results.items()}
     keys = sorted({k for c in configs.values() for k in c})
+    # Which methods and seeds a run lists show in the method and seeds columns instead.
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1
-               and k != "name"]
+               and k not in ("name", "methods", "order_seeds")]
     head = ["run", *varying, "method", "seeds", "acc_test", "pp", "f", "nfr",
             "student acc_test"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
