@@ -296,6 +296,44 @@ def test_resume_keeps_finished_pairs_and_runs_the_rest(tmp_path: Path, toy_args:
     assert runs[1]["options"] == {"every_phase": False}
 
 
+def test_an_interrupted_resume_keeps_every_kept_record(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import instil.engine.protocol as protocol
+
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args]
+    assert main(args + ["--set", "methods=[finetune]"]) == 0
+    real_run, calls = protocol.run_method, []
+
+    def run_then_stop(*a, **k):  # joint of seed 0 finishes; joint of seed 1 is cut
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(protocol, "run_method", run_then_stop)
+    assert main(args + ["--set", "methods=[joint, finetune]", "--resume"]) == 130
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    # finetune of seed 1 was kept but not yet reached: it must still be there.
+    assert [(r["method"], r["order_seed"]) for r in runs] == [
+        ("joint", 0), ("finetune", 0), ("finetune", 1)]
+
+
+def test_a_resume_that_drops_methods_or_seeds_is_refused(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args]
+    assert main(args + ["--set", "methods=[finetune, joint]"]) == 0
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--set", "methods=[finetune]", "--resume"]) == 2
+    assert "leaves out: joint (order seed 0), joint (order seed 1)" in capsys.readouterr().err
+    assert main(args + ["--set", "methods=[finetune, joint]", "--set", "order_seeds=[1]",
+                        "--resume"]) == 2
+    assert "finetune (order seed 0)" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+
+
 def test_resume_refuses_another_protocol(tmp_path: Path, toy_args: list[str],
                                          capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"

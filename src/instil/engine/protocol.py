@@ -546,11 +546,15 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
         raise InstilError(f"{path}: unreadable results ({e}); move it away to start over"
                           ) from None
     check_same_protocol(old_config, config, path)
+    left_out = sorted({f"{r['method']} (order seed {r['order_seed']})" for r in records
+                       if r["method"] not in config.methods
+                       or r["order_seed"] not in config.order_seeds})
+    if left_out:  # rewriting results.json without them would lose them
+        raise InstilError(f"{path}: holds runs that this config leaves out: "
+                          f"{', '.join(left_out)}; a resume may add methods and order seeds, "
+                          "not drop them: list them too, or use another --out")
     kept = []
     for record in records:
-        if record["method"] not in config.methods or record["order_seed"] not in \
-                config.order_seeds:
-            continue
         options = options_of(method_for(config, record["method"]))
         # Records written before options were recorded pass on the config check alone.
         if record.get("options", options) != options:
@@ -578,19 +582,27 @@ def interrupted_run(session: Session, name: str, order_seed: int,
     return state
 
 
+def in_order(config: Config, records: dict[tuple[str, int], dict[str, Any]]
+             ) -> list[dict[str, Any]]:
+    """The records by order seed, then by method, as the config lists them."""
+    return [records[(name, seed)] for seed in config.order_seeds for name in config.methods
+            if (name, seed) in records]
+
+
 def run_protocol(config: Config, out: Path, show_progress: bool = True,
                  resume: bool = False) -> dict[str, Any]:
     methods = create_methods(config)
     kept = finished_runs(config, out, resume) if world().main else None
     finished = {(r["method"], r["order_seed"]): r for r in broadcast_object(kept)}
-    runs: list[dict[str, Any]] = []
+    # Every record known so far, the kept ones included from the start: results.json is
+    # rewritten after each run, and must never lose a kept record the loop has not reached.
+    records = dict(finished)
     with open_session(config, out, planned_epochs(config, methods), show_progress,
                       resume) as session:
         for order_seed in config.order_seeds:
             start = None
             for name in config.methods:
                 if (name, order_seed) in finished:
-                    runs.append(finished[(name, order_seed)])
                     session.log(f"{name} order seed {order_seed}: kept from results.json")
                     continue
                 start = start or start_seed(session, order_seed)
@@ -606,9 +618,9 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                     save_final_model(session, model, start.m0, f"{name}-{order_seed}",
                                      run["phases"])
                 run["options"] = options_of(method)
-                runs.append(run)
-                write_results(session, runs, final=False)
+                records[(name, order_seed)] = run
+                write_results(session, in_order(config, records), final=False)
                 state_path(out, name, order_seed, world()).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the folder goes once the last state has
             (Path(out) / "state").rmdir()
-        return write_results(session, runs, final=True)
+        return write_results(session, in_order(config, records), final=True)
