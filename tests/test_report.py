@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from instil.errors import InstilError
 from instil.report import phase_table, student_lines, summarise, summary_markdown
 
 
@@ -68,3 +69,16 @@ def test_a_shift_stream_adds_acc_shift_to_every_table(runs: list) -> None:
     assert text.count("### acc_shift") == 1
     assert "acc_shift" not in summary_markdown(
         "toy", [run("dbd", 0, [1], 0.0)], summarise([run("dbd", 0, [1], 0.0)]))
+
+
+def test_paired_differences_are_per_order_seed(runs: list) -> None:
+    from instil.report import paired_table
+
+    runs = runs + [run("finetune", s, [1, 2, 3], s - 0.5) for s in (0, 1)] + \
+        [run("finetune", 7, [1, 2, 3], 50.0)]  # a seed dbd did not run: left out
+    table = paired_table({"here": {"runs": runs}}, "dbd")
+    assert "| finetune | 2 | -0.50 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0 of 3 |" in table
+    # Joint (after phase 3 only) is 0 and 1 point above dbd; no phase-by-phase count.
+    assert "| joint | 2 | 0.50 ± 6.35 | 0.00 ± 0.00 | 0.00 ± 0.00 | – |" in table
+    with pytest.raises(InstilError, match="--paired-to lwf: no such method"):
+        paired_table({"here": {"runs": runs}}, "lwf")

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--order-seeds", type=comma_list,
                          help="only these order seeds, comma-separated: compare runs on the "
                               "seeds they share (e.g. 0,1)")
+    compare.add_argument("--paired-to", metavar="METHOD",
+                         help="also every method minus METHOD on the order seeds both ran "
+                              "('folder: method' with several folders)")
     compare.add_argument("--per-phase", type=comma_list, default=[], metavar="METRICS",
                          help="also a per-phase table of each of these metrics, a column per "
                               "run and method (e.g. pp,f)")
@@ -272,7 +275,7 @@ def selected_runs(result: dict, methods: list[str] | None, seeds: list[str] | No
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from instil.report import compare_table, per_phase_tables
+    from instil.report import compare_table, paired_table, per_phase_tables
 
     results = {}
     for folder in args.runs:
@@ -290,6 +293,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if key not in known or key in ("phase", "n_train"):
             raise InstilError(f"--per-phase {key}: not a metric of every phase of these runs; "
                               f"one of {', '.join(sorted(known - {'phase', 'n_train'}))}")
+    if args.paired_to:
+        print("\n" + paired_table(results, args.paired_to), end="")
     if args.per_phase:
         print("\n" + per_phase_tables(results, args.per_phase), end="")
     return 0

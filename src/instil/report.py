@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from instil.errors import InstilError
 from instil.metrics import mean_ci95
 
 METRICS = ("acc_test", "pp", "acc_base", "f", "f_rel", "nfr")
@@ -167,11 +168,58 @@ def compare_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_phase_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str:
-    """A `phase_table` per metric over several runs: a column per method, named
-    'run: method' when there are several runs."""
+def labelled_runs(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of several folders, each method named 'folder: method' when there are
+    several folders, so that one table can hold them all."""
     several = len(results) > 1
-    runs = [{**r, "method": f"{name}: {r['method']}" if several else r["method"]}
+    return [{**r, "method": f"{name}: {r['method']}" if several else r["method"]}
             for name, result in results.items() for r in result["runs"]]
+
+
+def per_phase_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str:
+    """A `phase_table` per metric over several runs: a column per method (see
+    `labelled_runs`)."""
+    runs = labelled_runs(results)
     methods = list(dict.fromkeys(r["method"] for r in runs))
     return "\n".join(f"### {key}\n\n{phase_table(runs, methods, key)}" for key in keys)
+
+
+PAIRED = ("acc_test", "f", "nfr")
+
+
+def paired_table(results: dict[str, dict[str, Any]], reference: str) -> str:
+    """Every method against `reference` on the order seeds both ran: the mean ± 95% CI of
+    the per-seed differences after the last phase (one seed shares M(0) and the data order,
+    so a paired difference is much tighter than two unpaired means; Δpp equals Δacc_test),
+    and in how many phases the method's mean pp over those seeds beats the reference's
+    (only when both ran the same phases)."""
+    runs = labelled_runs(results)
+    by = {(r["method"], r["order_seed"]): r for r in runs if r["phases"]}
+    ref_seeds = {seed for method, seed in by if method == reference}
+    if not ref_seeds:
+        raise InstilError(f"--paired-to {reference}: no such method among these runs; one "
+                          f"of {', '.join(dict.fromkeys(m for m, _ in by))}")
+    head = ["method", "seeds", *(f"Δ {k}" for k in PAIRED), "phases with higher pp"]
+    lines = [f"Against {reference} (method − {reference}, per order seed):", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for method in dict.fromkeys(m for m, _ in by):
+        seeds = sorted(s for m, s in by if m == method and s in ref_seeds)
+        if method == reference or not seeds:
+            continue
+        pairs = [(by[(method, s)]["phases"], by[(reference, s)]["phases"]) for s in seeds]
+        cells = [method, str(len(seeds)),
+                 *(fmt(*mean_ci95([mine[-1][k] - ref[-1][k] for mine, ref in pairs]))
+                   for k in PAIRED), phases_ahead(pairs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def phases_ahead(pairs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> str:
+    """'k of n': the phases where the mean pp over the seeds is above the reference's."""
+    numbers = {tuple(p["phase"] for p in phases) for pair in pairs for phases in pair}
+    if len(numbers) != 1:
+        return "–"  # other phases (another n_phases, or joint's single one)
+    n = len(pairs[0][0])
+    ahead = sum(mean_ci95([mine[i]["pp"] - ref[i]["pp"] for mine, ref in pairs])[0] > 0
+                for i in range(n))
+    return f"{ahead} of {n}"
