@@ -256,6 +256,11 @@ def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["1", "2", "3"]
     assert main(["compare", str(tmp_path / "0.01"), "--per-phase", "acc_shift"]) == 2
     assert "--per-phase acc_shift: not a metric" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02"),
+                 "--paired-to", f"{tmp_path / '0.01'}: finetune"]) == 0
+    assert f"| {tmp_path / '0.02'}: finetune | 2 | " in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "0.01"), "--paired-to", "dbd"]) == 2
+    assert "--paired-to dbd: no such method" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "0.01"), "--methods", "dbd"]) == 2
     assert "no run of methods ['dbd']" in capsys.readouterr().err
 
