@@ -17,7 +17,9 @@ def describe_device(device: torch.device) -> str:
     torch uses (OMP_NUM_THREADS)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU, {threads} " + \
+        ("thread" if threads == 1 else "threads")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
