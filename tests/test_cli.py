@@ -266,6 +266,29 @@ def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[
     assert "no run of methods ['dbd']" in capsys.readouterr().err
 
 
+def test_report_rewrites_the_summary_of_an_interrupted_run(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress",
+                 *toy_args]) == 0
+    summary = (out / "summary.md").read_text()
+    (out / "summary.md").unlink()
+    (out / "curves.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert (out / "summary.md").read_text() == summary and (out / "curves.png").is_file()
+    # As an interrupted run leaves it: not complete, joint of seed 1 missing.
+    results = json.loads((out / "results.json").read_text())
+    results["complete"] = False
+    results["runs"] = results["runs"][:3]
+    (out / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    assert "The run is not complete" in text and "| joint | yes | 4.8k | 3 | 1 |" in text
+    assert main(["report", str(tmp_path)]) == 2
+    assert "results.json: cannot read results" in capsys.readouterr().err
+
+
 def test_compare_names_a_folder_without_results(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", str(tmp_path)]) == 2

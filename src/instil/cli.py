@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--per-phase", type=comma_list, default=[], metavar="METRICS",
                          help="also a per-phase table of each of these metrics, a column per "
                               "run and method (e.g. pp,f)")
+    report = sub.add_parser("report", help="rewrite a run's summary.md and curves.png from "
+                                           "its results.json (e.g. of an interrupted run)")
+    report.add_argument("run", type=Path, help="a run folder with results.json")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -272,20 +275,48 @@ def selected_runs(result: dict, methods: list[str] | None, seeds: list[str] | No
     return {**result, "runs": runs}
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def read_results(folder: Path) -> dict:
     import json
 
+    path = folder / "results.json"
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result.get("runs"), list):
+            raise ValueError("no list of runs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InstilError(f"{path}: cannot read results ({e}); is it a run folder?") from None
+    return result
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from instil.io import atomic_write_text
+    from instil.report import summarise, summary_markdown
+    from instil.viz.curves import plot_curves
+
+    result = read_results(args.run)
+    runs = [r for r in result["runs"] if r["phases"]]
+    if not runs:
+        raise InstilError(f"{args.run / 'results.json'}: holds no finished run yet")
+    name = result.get("config", {}).get("name", args.run.name)
+    text = summary_markdown(name, runs, summarise(runs))
+    if not result.get("complete", False):
+        # An interrupted or resumed run: say so, since methods may cover different seeds.
+        text = text.replace("\n\n", "\n\nThe run is not complete: this covers the runs "
+                            "results.json holds (see the seeds column).\n\n", 1)
+    atomic_write_text(args.run / "summary.md", text)
+    plot_curves(runs, args.run / "curves.png", name)
+    print(text, end="")
+    print(f"\nwrote {args.run / 'summary.md'}, curves.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
     from instil.report import compare_table, paired_table, per_phase_tables
 
     results = {}
     for folder in args.runs:
-        path = folder / "results.json"
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InstilError(f"{path}: cannot read results ({e}); is it a finished run?") \
-                from None
-        results[str(folder)] = selected_runs(result, args.methods, args.order_seeds, path)
+        results[str(folder)] = selected_runs(read_results(folder), args.methods,
+                                             args.order_seeds, folder / "results.json")
     print(compare_table(results), end="")
     known = set.intersection(*(set(p) for result in results.values()
                                for r in result["runs"] for p in r["phases"]))
@@ -308,8 +339,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
-            "boundary": cmd_boundary, "compare": cmd_compare, "bench": cmd_bench,
-            "promote": cmd_promote, "images": cmd_images}
+            "boundary": cmd_boundary, "compare": cmd_compare, "report": cmd_report,
+            "bench": cmd_bench, "promote": cmd_promote, "images": cmd_images}
 
 
 def one_line(error: BaseException) -> str:
