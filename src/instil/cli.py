@@ -298,11 +298,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not runs:
         raise InstilError(f"{args.run / 'results.json'}: holds no finished run yet")
     name = result.get("config", {}).get("name", args.run.name)
-    text = summary_markdown(name, runs, summarise(runs))
-    if not result.get("complete", False):
-        # An interrupted or resumed run: say so, since methods may cover different seeds.
-        text = text.replace("\n\n", "\n\nThe run is not complete: this covers the runs "
-                            "results.json holds (see the seeds column).\n\n", 1)
+    # An interrupted run: say so, since its methods may cover different seeds.
+    note = "" if result.get("complete", False) else \
+        "The run is not complete: this covers the runs results.json holds (see the seeds column)."
+    text = summary_markdown(name, runs, summarise(runs), note)
     atomic_write_text(args.run / "summary.md", text)
     plot_curves(runs, args.run / "curves.png", name)
     print(text, end="")

@@ -119,12 +119,13 @@ def student_lines(runs: list[dict[str, Any]]) -> str:
 
 
 def summary_markdown(config_name: str, runs: list[dict[str, Any]],
-                     rows: list[dict[str, Any]]) -> str:
+                     rows: list[dict[str, Any]], note: str = "") -> str:
     methods = [r["method"] for r in rows]
     shift = any(SHIFT in p for r in runs for p in r["phases"])
     tables = "\n".join(f"### {title}\n\n{phase_table(runs, methods, key)}"
                        for key, title in PHASE_METRICS.items() if key != SHIFT or shift)
-    return (f"# {config_name}\n\n{base_line(runs)}\n\n"
+    head = f"# {config_name}\n\n" + (f"{note}\n\n" if note else "")
+    return (f"{head}{base_line(runs)}\n\n"
             "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
