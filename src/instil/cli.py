@@ -317,15 +317,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results[str(folder)] = selected_runs(read_results(folder), args.methods,
                                              args.order_seeds, folder / "results.json")
     print(compare_table(results), end="")
-    known = set.intersection(*(set(p) for result in results.values()
-                               for r in result["runs"] for p in r["phases"]))
-    for key in args.per_phase:
-        if key not in known or key in ("phase", "n_train"):
-            raise InstilError(f"--per-phase {key}: not a metric of every phase of these runs; "
-                              f"one of {', '.join(sorted(known - {'phase', 'n_train'}))}")
     if args.paired_to:
         print("\n" + paired_table(results, args.paired_to), end="")
     if args.per_phase:
+        known = set.intersection(*(set(p) for result in results.values()
+                                   for r in result["runs"] for p in r["phases"]))
+        known -= {"phase", "n_train"}
+        for key in args.per_phase:
+            if key not in known:
+                raise InstilError(f"--per-phase {key}: not a metric of every phase of these "
+                                  f"runs; one of {', '.join(sorted(known))}")
         print("\n" + per_phase_tables(results, args.per_phase), end="")
     return 0
 
