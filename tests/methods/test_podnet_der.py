@@ -146,11 +146,21 @@ def test_lsc_gives_the_class_of_the_nearest_proxy() -> None:
 def test_nca_loss_by_hand_margin_and_hinge() -> None:
     sims = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.5, 0.4]])
     loss = nca_loss(sims, torch.tensor(2.0), torch.tensor([0, 2]), margin=0.6)
-    first = max(0.0, math.log(math.exp(0.2) + 1.0) - 2 * (0.9 - 0.6))
-    second = max(0.0, math.log(math.exp(0.4) + math.exp(1.0)) - 2 * (0.4 - 0.6))
+    first = max(0.0, math.log(math.exp(0.2) + 1.0) - (2 * 0.9 - 0.6))
+    second = max(0.0, math.log(math.exp(0.4) + math.exp(1.0)) - (2 * 0.4 - 0.6))
     assert loss.item() == pytest.approx((first + second) / 2, rel=1e-5)
     far = nca_loss(torch.tensor([[1.0, -1.0]]), torch.tensor(10.0), torch.tensor([0]), 0.6)
     assert far.item() == 0.0  # separated beyond the margin: the hinge keeps it at zero
+
+
+def test_nca_loss_raises_the_scale_when_the_true_class_ranks_first() -> None:
+    # Cosines of ReLU embeddings: all high, the true class ahead by less than the margin.
+    # The loss must then grow η; with the margin inside the scale it shrank η through zero,
+    # which ranked every sample's class last (measured on fmnist-iil10).
+    sims = torch.tensor([[0.95, 0.80, 0.78], [0.70, 0.90, 0.85]])
+    eta = torch.tensor(2.0, requires_grad=True)
+    nca_loss(sims, eta, torch.tensor([0, 1]), margin=0.6).backward()
+    assert eta.grad is not None and eta.grad.item() < 0
 
 
 def test_spherical_kmeans_finds_separated_clusters() -> None:
