@@ -12,11 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from instil.cli import main
+from instil.config import TrainConfig
 from instil.data.split import IILSplit
 from instil.errors import InstilError
 from instil.methods import create_method, finetune_es
 from instil.methods.base import PhaseContext
-from instil.methods.ewc import accumulate, ewc_penalty, fisher_diagonal, penalised
+from instil.methods.ewc import (
+    accumulate,
+    check_stable,
+    ewc_penalty,
+    fisher_diagonal,
+    momentum_bound,
+    penalised,
+)
 from instil.methods.finetune_es import BestKeeper, held_out_accuracy, split_holdout
 from instil.methods.lwf import distillation
 from instil.models import create_model
@@ -120,6 +128,7 @@ def test_fisher_pass_keeps_batchnorm_statistics_and_the_mode() -> None:
 
 def test_ewc_is_plain_cross_entropy_at_phase_start_and_accumulates_online() -> None:
     method = create_method("ewc", {"gamma": 0.5, "fisher": "empirical", "fisher_samples": 0})
+    method.check_budget(TrainConfig(lr=0.01))
     data = toy_data()
     method.begin_phase(tiny_mlp(), context(1))
     on_d0 = fisher_diagonal(method.model, data.batches(np.arange(20)).epoch(0))
@@ -136,6 +145,38 @@ def test_ewc_is_plain_cross_entropy_at_phase_start_and_accumulates_online() -> N
     deployed = method.deployed()
     method.begin_phase(deployed, context(2))  # the anchor moves to M(1)
     assert all(torch.equal(method.anchor[n], p) for n, p in deployed.named_parameters())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_bound_separates_converging_from_diverging_sgd(nesterov: bool) -> None:
+    # SGD with momentum on ½·h·x² (torch's update rule), just inside and just outside
+    # the bound on lr·h that the EWC check uses.
+    bound = momentum_bound(0.9, nesterov)
+    for factor, grows in ((0.95, False), (1.05, True)):
+        x = torch.tensor([1.0], requires_grad=True)
+        opt = torch.optim.SGD([x], lr=factor * bound, momentum=0.9, nesterov=nesterov)
+        for _ in range(500):
+            opt.zero_grad()
+            (0.5 * x.pow(2)).sum().backward()
+            opt.step()
+        assert (not abs(x.item()) < 1.0) == grows  # an overflow to nan counts as growth
+
+
+def test_ewc_refuses_a_penalty_sgd_cannot_descend_and_names_the_largest_weight() -> None:
+    fisher = {"w": torch.tensor([0.5, 7.0]), "b": torch.tensor([1.0])}
+    budget = TrainConfig(lr=0.01, momentum=0.9, weight_decay=0.0)
+    check_stable(fisher, 10.0, budget, phase=1)  # 10·7·0.01 = 0.7 < 3.8
+    with pytest.raises(InstilError, match=r"lambda_ewc below 54\.3"):
+        check_stable(fisher, 100.0, budget, phase=1)  # 100·7·0.01 = 7 > 3.8
+    with pytest.raises(InstilError, match="not finite"):
+        check_stable({"w": torch.tensor([float("nan")])}, 10.0, budget, phase=2)
+
+
+def test_ewc_checks_stability_before_training_a_phase() -> None:
+    method = create_method("ewc", {"lambda_ewc": 1e9, "fisher_samples": 0})
+    method.check_budget(TrainConfig(lr=0.01))
+    with pytest.raises(InstilError, match="stability bound"):
+        method.begin_phase(tiny_mlp(), context(1))
 
 
 # ---- LwF -------------------------------------------------------------------------------

@@ -345,6 +345,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
     if state is None:
         state = RunState(config.to_dict(), method, [], 0, None)
     method = state.method
+    method.check_budget(budget)  # a resumed method, too, sees the budget it trains with
     started, wall_before = time.perf_counter(), state.wall_seconds
 
     def save() -> None:
