@@ -245,6 +245,7 @@ def test_finetune_es_deploys_the_best_epoch_and_the_earlier_of_a_tie(monkeypatch
     method, states, _ = drive(monkeypatch, [0.5, 0.7, 0.9, 0.6, 0.9])
     assert method.keeper.epoch == 2
     assert same_state(method.deployed().state_dict(), states[2])
+    assert method.phase_facts() == {"kept_epoch": 2, "held_out_acc": 90.0}
 
 
 def test_finetune_es_keeps_the_previous_model_when_no_epoch_beats_it(monkeypatch) -> None:
@@ -286,3 +287,5 @@ def test_each_baseline_runs_two_phases_through_the_cli(tmp_path: Path,
         assert all(np.isfinite(p["acc_test"]) for p in run["phases"])
     part = runs["ewc"]["phases"][0]["n_train"]  # all of D(1)
     assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.1 * part)
+    # The kept epoch lands in results.json: 0 (M(t-1) itself) up to the phase's epochs.
+    assert all(0 <= p["kept_epoch"] <= 50 for p in runs["finetune-es"]["phases"])

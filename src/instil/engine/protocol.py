@@ -327,6 +327,7 @@ def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[s
     metrics = phase_metrics(ref, session.predict_eval(deployed, split), test_labels,
                             session.predict(deployed, "train", base_idx), base_labels)
     metrics.update(shift_accuracy(session, deployed, split))
+    metrics.update(method.phase_facts())
     for name, model in method.also_evaluated().items():
         metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split), test_labels)
         metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),

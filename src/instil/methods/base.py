@@ -127,3 +127,8 @@ class Method:
         """Other models whose accuracy is reported beside the deployed one's, by name."""
         return {}
 
+    def phase_facts(self) -> dict[str, float]:
+        """Numbers the method measured during the phase (e.g. the epoch early stopping
+        kept), recorded beside the phase's metrics in results.json."""
+        return {}
+
