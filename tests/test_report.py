@@ -49,6 +49,17 @@ def test_student_lines_report_the_lead_of_the_deployed_model(runs: list) -> None
     assert student_lines([r for r in runs if r["method"] == "joint"]) == ""
 
 
+def test_every_also_evaluated_model_gets_a_line(runs: list) -> None:
+    # iCaRL deploys its nearest-mean classifier and reports its CNN head as head_*.
+    icarl = [{**r, "method": "icarl",
+              "phases": [{**p, "head_acc_test": p["acc_test"] + 2.0, "head_acc_base": 91.0}
+                         for p in r["phases"]]}
+             for r in runs if r["method"] == "joint"]
+    text = student_lines(icarl)
+    assert text.startswith("- icarl's head after the last phase: acc_test ")
+    assert "(deployed − head -2.00 ± " in text and "student" not in text
+
+
 def test_the_summary_has_one_per_phase_table_per_metric(runs: list) -> None:
     text = summary_markdown("toy", runs, summarise(runs))
     for title in ("### acc_test", "### pp (promotion", "### f (forgetting"):

@@ -100,21 +100,32 @@ PHASE_METRICS = {"acc_test": "acc_test", "pp": "pp (promotion over M(0))",
                  SHIFT: f"{SHIFT} (the test images of the sub-populations D(0) lacked)"}
 
 
+def also_evaluated_names(phase: dict[str, Any]) -> list[str]:
+    """The models a phase reports beside the deployed one ("student", "head"): each has a
+    <name>_acc_test and a <name>_acc_base."""
+    return [k[:-len("_acc_test")] for k in phase
+            if k.endswith("_acc_test") and f"{k[:-len('_acc_test')]}_acc_base" in phase]
+
+
 def student_lines(runs: list[dict[str, Any]]) -> str:
-    """For methods that deploy one model and train another (dbd's teacher and student): the
-    student's final acc_test and acc_base and the deployed model's lead over it."""
+    """For methods that deploy one model and also report another (dbd's student, iCaRL's
+    CNN head beside its nearest-mean classifier): the other model's final acc_test and
+    acc_base and the deployed model's lead over it."""
     lines = []
     for method in dict.fromkeys(r["method"] for r in runs):
         last = [r["phases"][-1] for r in runs if r["method"] == method and r["phases"]]
-        if not last or "student_acc_test" not in last[0]:
+        if not last:
             continue
-        cells = []
-        for key in ("acc_test", "acc_base"):
-            student = [p[f"student_{key}"] for p in last]
-            lead = [p[key] - s for p, s in zip(last, student, strict=True)]
-            cells.append(f"{key} {fmt(*mean_ci95(student))} (deployed − student "
-                         f"{fmt(*mean_ci95(lead))})")
-        lines.append(f"- {method}'s student after the last phase: " + ", ".join(cells))
+        for name in also_evaluated_names(last[0]):
+            if not all(f"{name}_acc_test" in p for p in last):
+                continue
+            cells = []
+            for key in ("acc_test", "acc_base"):
+                other = [p[f"{name}_{key}"] for p in last]
+                lead = [p[key] - s for p, s in zip(last, other, strict=True)]
+                cells.append(f"{key} {fmt(*mean_ci95(other))} (deployed − {name} "
+                             f"{fmt(*mean_ci95(lead))})")
+            lines.append(f"- {method}'s {name} after the last phase: " + ", ".join(cells))
     return "\n".join(lines) + "\n\n" if lines else ""
 
 
