@@ -196,6 +196,7 @@ def test_podnet_phase_one_swaps_in_an_imprinted_lsc_and_later_phases_keep_it() -
     expected = nca_loss(head.similarities(method.student.features(x)), head.eta, y, 0.6)
     assert full.item() == pytest.approx(expected.item(), rel=1e-6)
     method.end_phase()
+    assert method.phase_facts() == {"eta": pytest.approx(2.0)}  # untrained: eta_init
     deployed = method.deployed()
     method.begin_phase(deployed, phase_context(2))
     assert torch.equal(method.student.head.proxies, deployed.head.proxies)

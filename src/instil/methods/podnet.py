@@ -310,3 +310,7 @@ class PODNet(Method):
     def deployed(self) -> nn.Module:
         return self.student
 
+    def phase_facts(self) -> dict[str, float]:
+        # The learned scale: it must stay positive (see the NCA margin above).
+        return {"eta": self.student.head.eta.item()}
+
