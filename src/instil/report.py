@@ -103,8 +103,8 @@ PHASE_METRICS = {"acc_test": "acc_test", "pp": "pp (promotion over M(0))",
 def also_evaluated_names(phase: dict[str, Any]) -> list[str]:
     """The models a phase reports beside the deployed one ("student", "head"): each has a
     <name>_acc_test and a <name>_acc_base."""
-    return [k[:-len("_acc_test")] for k in phase
-            if k.endswith("_acc_test") and f"{k[:-len('_acc_test')]}_acc_base" in phase]
+    names = [k.removesuffix("_acc_test") for k in phase if k.endswith("_acc_test")]
+    return [name for name in names if f"{name}_acc_base" in phase]
 
 
 def student_lines(runs: list[dict[str, Any]]) -> str:

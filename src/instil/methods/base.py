@@ -131,4 +131,3 @@ class Method:
         """Numbers the method measured during the phase (e.g. the epoch early stopping
         kept), recorded beside the phase's metrics in results.json."""
         return {}
-

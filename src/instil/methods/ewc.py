@@ -70,9 +70,8 @@ class EWCOptions:
     # diverged in phase 1 (an infinite loss at epoch 2: the valley's curvature beyond SGD's
     # bound, see Stability above; the check now refuses it), while 10 ran all 10 phases
     # (order seed 0: pp +0.05, f 0.29 against finetune's −0.25 and 0.64;
-    # docs/runs/ewc-lambda10-seed0). So the
-    # default is the Bayesian weight, 10, untuned: a sweep on a validation slice is still
-    # to do (docs/tuning.md). The toy set cannot tune it: there λ ≤ 10³ moved acc_test by
+    # docs/runs/ewc-lambda10-seed0). So the default is the Bayesian weight, 10, untuned:
+    # a sweep on a validation slice is still to do (docs/tuning.md). The toy set cannot tune it: there λ ≤ 10³ moved acc_test by
     # under a point and 10⁴ diverged.
     lambda_ewc: float = 10.0
     # 1: every phase's Fisher counts for ever. In IIL all parts come from the same classes and

@@ -313,4 +313,3 @@ class PODNet(Method):
     def phase_facts(self) -> dict[str, float]:
         # The learned scale: it must stay positive (see the NCA margin above).
         return {"eta": self.student.head.eta.item()}
-
