@@ -71,8 +71,8 @@ class EWCOptions:
     # bound, see Stability above; the check now refuses it), while 10 ran all 10 phases
     # (order seed 0: pp +0.05, f 0.29 against finetune's −0.25 and 0.64;
     # docs/runs/ewc-lambda10-seed0). So the default is the Bayesian weight, 10, untuned:
-    # a sweep on a validation slice is still to do (docs/tuning.md). The toy set cannot tune it: there λ ≤ 10³ moved acc_test by
-    # under a point and 10⁴ diverged.
+    # a sweep on a validation slice is still to do (docs/tuning.md). The toy set cannot
+    # tune it: there λ ≤ 10³ moved acc_test by under a point and 10⁴ diverged.
     lambda_ewc: float = 10.0
     # 1: every phase's Fisher counts for ever. In IIL all parts come from the same classes and
     # none becomes obsolete, and F summed over phases is the Laplace recursion of the
