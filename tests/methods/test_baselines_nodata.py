@@ -48,7 +48,7 @@ def toy_split() -> IILSplit:
 
 
 def context(phase: int = 1) -> PhaseContext:
-    return PhaseContext(phase, 2, lambda: None, toy_split(), toy_data())
+    return PhaseContext(phase, 2, lambda: None, toy_split(), toy_data(), TrainConfig(lr=0.01))
 
 
 def shift(model: nn.Module, amount: float) -> None:
@@ -128,7 +128,6 @@ def test_fisher_pass_keeps_batchnorm_statistics_and_the_mode() -> None:
 
 def test_ewc_is_plain_cross_entropy_at_phase_start_and_accumulates_online() -> None:
     method = create_method("ewc", {"gamma": 0.5, "fisher": "empirical", "fisher_samples": 0})
-    method.check_budget(TrainConfig(lr=0.01))
     data = toy_data()
     method.begin_phase(tiny_mlp(), context(1))
     on_d0 = fisher_diagonal(method.model, data.batches(np.arange(20)).epoch(0))
@@ -174,7 +173,6 @@ def test_ewc_refuses_a_penalty_sgd_cannot_descend_and_names_the_largest_weight()
 
 def test_ewc_checks_stability_before_training_a_phase() -> None:
     method = create_method("ewc", {"lambda_ewc": 1e9, "fisher_samples": 0})
-    method.check_budget(TrainConfig(lr=0.01))
     with pytest.raises(InstilError, match="stability bound"):
         method.begin_phase(tiny_mlp(), context(1))
 
@@ -287,5 +285,6 @@ def test_each_baseline_runs_two_phases_through_the_cli(tmp_path: Path,
         assert all(np.isfinite(p["acc_test"]) for p in run["phases"])
     part = runs["ewc"]["phases"][0]["n_train"]  # all of D(1)
     assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.1 * part)
-    # The kept epoch lands in results.json: 0 (M(t-1) itself) up to the phase's epochs.
-    assert all(0 <= p["kept_epoch"] <= 50 for p in runs["finetune-es"]["phases"])
+    # The kept epoch lands in results.json: 0 (M(t-1) itself) up to the phase's epochs
+    # (toy_args: phase.epochs=2).
+    assert all(p["kept_epoch"] in (0, 1, 2) for p in runs["finetune-es"]["phases"])

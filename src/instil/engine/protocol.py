@@ -213,7 +213,7 @@ def phase_context(session: Session, split: IILSplit, phase: int, tag: str,
                         ModelFactory(session, (split.order_seed, tag, phase)), split,
                         SourceData(session.source, budget.batch_size, config.eval_batch_size,
                                    derive_seed(batch_seed(config, split, tag, phase),
-                                               "method")))
+                                               "method")), budget)
 
 
 def epoch_saver(every_seconds: float, last_epoch: int,
@@ -346,7 +346,6 @@ def run_method(session: Session, method: Method, start: SeedStart,
     if state is None:
         state = RunState(config.to_dict(), method, [], 0, None)
     method = state.method
-    method.check_budget(budget)  # a resumed method, too, sees the budget it trains with
     started, wall_before = time.perf_counter(), state.wall_seconds
 
     def save() -> None:

@@ -50,6 +50,7 @@ class PhaseContext:
     new_model: Callable[[], nn.Module]  # a freshly initialised model, already on the device
     split: IILSplit | None = None  # the run's split: D(0) is split.part(0), D(t) split.part(t)
     data: PhaseData | None = None  # read access to the training set, see PhaseData
+    budget: TrainConfig | None = None  # the phase's epochs and optimiser settings
 
     def require_data(self, who: str, why: str) -> tuple[IILSplit, PhaseData]:
         """The split and the data, for a method that cannot work without them."""

@@ -37,7 +37,8 @@ once F is known, and a breach is refused with the largest lambda_ewc that passes
 training into an infinite loss. It is necessary, not sufficient (the cross-entropy adds its
 own curvature). Measured on fmnist-iil10, order seed 0: max F of M(0) on D(0) is 7.16 (a
 BatchNorm bias), so lambda_ewc = 100 at lr 0.01 gives 7.2 > 3.8, and that run diverged in
-phase 1 (acc_test 10% after one epoch); lambda_ewc = 10 gives 0.72 and ran all 10 phases.
+phase 1 (docs/runs/fmnist-iil10/run-baselines.log); lambda_ewc = 10 gives 0.72 and ran all
+10 phases.
 """
 
 from __future__ import annotations
@@ -199,9 +200,6 @@ class EWC(Finetune):
         super().__init__(options)
         self.fisher: Tensors | None = None
 
-    def check_budget(self, budget: TrainConfig) -> None:
-        self.train_budget = budget  # its lr and momentum bound the penalty's curvature
-
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
         super().begin_phase(previous, ctx)
         ctx.require_data(self.label, "estimate the Fisher matrix")
@@ -211,7 +209,10 @@ class EWC(Finetune):
         if self.fisher is None:  # phase 1: what M(0) learned from D(0)
             self.fisher = self.estimate(ctx.data, ctx.split.part(0))
         if self.options.lambda_ewc > 0:
-            check_stable(self.fisher, self.options.lambda_ewc, self.train_budget, ctx.phase)
+            if ctx.budget is None:
+                raise InstilError(f"{self.label}: needs the phase's training budget to check "
+                                  "the penalty's stability")
+            check_stable(self.fisher, self.options.lambda_ewc, ctx.budget, ctx.phase)
         # M(t-1)'s parameters, i.e. those at the end of the previous phase.
         self.anchor = {n: p.detach().clone() for n, p in penalised(self.model).items()}
 
