@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite a run's summary.md and curves.png from "
                                            "its results.json (e.g. of an interrupted run)")
     report.add_argument("run", type=Path, help="a run folder with results.json")
+    merge = sub.add_parser("merge", help="merge run folders of one protocol that ran "
+                                         "different order seeds (e.g. one seed per GPU)")
+    merge.add_argument("runs", type=Path, nargs="+", help="run folders with results.json")
+    merge.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="the merged run folder (must not hold a run yet)")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -331,6 +336,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from instil.merge import merge_runs
+
+    merged = merge_runs(args.runs, args.out)
+    seeds = merged["config"]["order_seeds"]
+    print(f"merged {len(merged['runs'])} runs on order seeds {seeds} into {args.out}")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from instil.data.fetch import ensure_fmnist
 
@@ -340,6 +354,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "fetch": cmd_fetch, "dust": cmd_dust,
             "boundary": cmd_boundary, "compare": cmd_compare, "report": cmd_report,
+            "merge": cmd_merge,
             "bench": cmd_bench, "promote": cmd_promote, "images": cmd_images}
 
 

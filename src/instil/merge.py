@@ -1,0 +1,115 @@
+"""Merging run folders that split one protocol by order seed into a single run folder.
+
+Order seeds are independent (each has its own split, M(0) and method instances), so a
+protocol can be run one seed per process or machine, with `--set order_seeds=[k]` and its own
+`--out`, and merged afterwards. A merge is refused unless the folders ran the same protocol:
+their resolved configs must agree on everything but `order_seeds`, and no (method, order
+seed) may appear twice. The merged folder is what `instil run` would have written: a
+results.json (listing its sources), config.yaml, the manifests, summary.md and curves.png.
+Saved models stay in their source folders, which results.json names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instil.errors import InstilError
+from instil.io import atomic_write_json, atomic_write_text
+from instil.report import summarise, summary_markdown
+
+SEED_KEY = "order_seeds"
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result.get("runs"), list) or not isinstance(result.get("config"), dict):
+            raise ValueError("no config or list of runs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InstilError(f"{path}: cannot read results ({e}); is it a run folder?") from None
+    return result
+
+
+def protocol_of(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """What two folders must share to be one protocol: the config without its seed list,
+    flattened to dotted keys so that a refusal names the one setting that differs."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if not prefix and key == SEED_KEY:
+            continue
+        if isinstance(value, dict) and value:
+            flat.update(protocol_of(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
+    first = protocol_of(results[0]["config"])
+    for folder, result in zip(folders[1:], results[1:]):
+        other = protocol_of(result["config"])
+        differing = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differing:
+            key = differing[0]
+            raise InstilError(f"{folder}: ran {key}={other.get(key)!r}, {folders[0]} ran "
+                              f"{first.get(key)!r}; only runs of the same protocol merge")
+    seen: dict[tuple[str, int], Path] = {}
+    for folder, result in zip(folders, results):
+        for run in result["runs"]:
+            key = (run["method"], run["order_seed"])
+            if key in seen:
+                raise InstilError(f"{folder}: {key[0]} on order seed {key[1]} is also in "
+                                  f"{seen[key]}; merge folders of different order seeds")
+            seen[key] = folder
+
+
+def merged_runs(config: dict[str, Any], results: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """Every run, by order seed and then by method as the config lists them (as a run
+    writes them)."""
+    rank = {name: i for i, name in enumerate(config["methods"])}
+    runs = [run for result in results for run in result["runs"]]
+    return sorted(runs, key=lambda r: (r["order_seed"], rank.get(r["method"], len(rank))))
+
+
+def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
+    """Writes the merged run folder `out` (which must not hold a run yet) and returns its
+    results."""
+    if len(folders) < 2:
+        raise InstilError("merge needs at least two run folders")
+    if (out / "results.json").exists():
+        raise InstilError(f"{out / 'results.json'} exists; choose another --out")
+    results = [read_run(folder) for folder in folders]
+    check_mergeable(folders, results)
+    seeds = sorted({seed for r in results for seed in r["config"][SEED_KEY]})
+    config = {**results[0]["config"], SEED_KEY: seeds}
+    runs = merged_runs(config, results)
+    # Checked before anything is written, so that a failed merge leaves no half folder.
+    manifests = [(m, folder) for folder in folders for m in sorted(folder.glob("manifest-*.json"))]
+    names = [m.name for m, _ in manifests]
+    if len(set(names)) != len(names):
+        raise InstilError(f"{out}: two folders hold the same manifest "
+                          f"({sorted({n for n in names if names.count(n) > 1})[0]})")
+    out.mkdir(parents=True, exist_ok=True)
+    for manifest, _ in manifests:
+        shutil.copyfile(manifest, out / manifest.name)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    rows = summarise(runs)
+    complete = all(r.get("complete", False) for r in results)
+    merged = {"config": config, "complete": complete,
+              "acc_test_on": results[0].get("acc_test_on", "test"), "runs": runs,
+              "summary": rows, "merged_from": [str(f) for f in folders]}
+    atomic_write_json(out / "results.json", merged)
+    note = "" if complete else \
+        "Not every merged run is complete: this covers the runs results.json holds."
+    atomic_write_text(out / "summary.md", summary_markdown(config["name"], runs, rows, note))
+    from instil.viz.curves import plot_curves
+
+    plot_curves(runs, out / "curves.png", config["name"])
+    return merged

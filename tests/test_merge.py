@@ -1,0 +1,65 @@
+"""Merging run folders that ran one protocol on different order seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instil.cli import main
+
+
+def toy_run(out: Path, toy_args: list[str], *extra: str) -> dict:
+    assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+                 *extra]) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def without_times(runs: list[dict]) -> list[dict]:
+    """Runs as compared across processes: everything but the wall-clock fields."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("train_seconds", "wall_seconds", "ran_on")}
+    return [{**strip(r), "phases": [strip(p) for p in r["phases"]]} for r in runs]
+
+
+def test_merged_seeds_equal_one_run_of_both(tmp_path: Path, toy_args: list[str],
+                                            capsys: pytest.CaptureFixture) -> None:
+    whole = toy_run(tmp_path / "whole", toy_args)
+    toy_run(tmp_path / "s1", toy_args, "--set", "order_seeds=[1]")
+    toy_run(tmp_path / "s0", toy_args, "--set", "order_seeds=[0]")
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "s1"), str(tmp_path / "s0"), "--out", str(out)]) == 0
+    assert "order seeds [0, 1]" in capsys.readouterr().out
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["config"] == whole["config"]
+    assert merged["complete"] is True
+    # Seed by seed, method by method, the same numbers as one process running both seeds.
+    assert without_times(merged["runs"]) == without_times(whole["runs"])
+    assert [r["n_orders"] for r in merged["summary"]] == [2, 2]
+    for name in ("config.yaml", "manifest-0.json", "manifest-1.json", "summary.md",
+                 "curves.png"):
+        assert (out / name).is_file(), name
+    assert merged["merged_from"] == [str(tmp_path / "s1"), str(tmp_path / "s0")]
+
+
+def test_merge_refuses_other_protocols_and_twice_run_seeds(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    toy_run(tmp_path / "s0", toy_args, "--set", "order_seeds=[0]")
+    toy_run(tmp_path / "s1", toy_args, "--set", "order_seeds=[1]", "--set", "phase.lr=0.2")
+    toy_run(tmp_path / "s0b", toy_args, "--set", "order_seeds=[0]")
+    capsys.readouterr()
+    cases = [([tmp_path / "s0", tmp_path / "s1"], "ran phase.lr=0.2, "),
+             ([tmp_path / "s0", tmp_path / "s0b"], "finetune on order seed 0 is also in"),
+             ([tmp_path / "s0", tmp_path / "nothing"], "cannot read results")]
+    for folders, message in cases:
+        assert main(["merge", *map(str, folders), "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    # A refused merge writes nothing.
+    assert not (tmp_path / "m").exists()
+    existing = tmp_path / "s0"
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s0b"), "--out",
+                 str(existing)]) == 2
+    assert "exists; choose another --out" in capsys.readouterr().err
