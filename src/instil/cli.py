@@ -294,9 +294,7 @@ def read_results(folder: Path) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from instil.io import atomic_write_text
-    from instil.report import summarise, summary_markdown
-    from instil.viz.curves import plot_curves
+    from instil.report import write_summary
 
     result = read_results(args.run)
     runs = [r for r in result["runs"] if r["phases"]]
@@ -306,10 +304,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     # An interrupted run: say so, since its methods may cover different seeds.
     note = "" if result.get("complete", False) else \
         "The run is not complete: this covers the runs results.json holds (see the seeds column)."
-    text = summary_markdown(name, runs, summarise(runs), note)
-    atomic_write_text(args.run / "summary.md", text)
-    plot_curves(runs, args.run / "curves.png", name)
-    print(text, end="")
+    print(write_summary(args.run, name, runs, note), end="")
     print(f"\nwrote {args.run / 'summary.md'}, curves.png")
     return 0
 

@@ -20,7 +20,7 @@ import yaml
 
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
-from instil.report import summarise, summary_markdown
+from instil.report import flatten, summarise, write_summary
 
 SEED_KEY = "order_seeds"
 
@@ -36,18 +36,10 @@ def read_run(folder: Path) -> dict[str, Any]:
     return result
 
 
-def protocol_of(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
     """What two folders must share to be one protocol: the config without its seed list,
     flattened to dotted keys so that a refusal names the one setting that differs."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if not prefix and key == SEED_KEY:
-            continue
-        if isinstance(value, dict) and value:
-            flat.update(protocol_of(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flatten({k: v for k, v in config.items() if k != SEED_KEY})
 
 
 def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
@@ -108,8 +100,5 @@ def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
     atomic_write_json(out / "results.json", merged)
     note = "" if complete else \
         "Not every merged run is complete: this covers the runs results.json holds."
-    atomic_write_text(out / "summary.md", summary_markdown(config["name"], runs, rows, note))
-    from instil.viz.curves import plot_curves
-
-    plot_curves(runs, out / "curves.png", config["name"])
+    write_summary(out, config["name"], runs, note)
     return merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from instil.errors import InstilError
@@ -141,6 +142,18 @@ def summary_markdown(config_name: str, runs: list[dict[str, Any]],
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
             f"{student_lines(runs)}## Per phase\n\n{tables}")
+
+
+def write_summary(folder: Path, config_name: str, runs: list[dict[str, Any]],
+                  note: str = "") -> str:
+    """Writes `folder`/summary.md and curves.png for `runs` and returns the summary's text."""
+    from instil.io import atomic_write_text
+    from instil.viz.curves import plot_curves  # matplotlib, only where a figure is drawn
+
+    text = summary_markdown(config_name, runs, summarise(runs), note)
+    atomic_write_text(folder / "summary.md", text)
+    plot_curves(runs, folder / "curves.png", config_name)
+    return text
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

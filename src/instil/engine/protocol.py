@@ -54,14 +54,13 @@ from instil.engine.fit import OnProgress, Progress, Speed, fit
 from instil.engine.precision import check_precision
 from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
-from instil.io import atomic_write_json, atomic_write_text
+from instil.io import atomic_write_json
 from instil.methods import create_method, options_for
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
 from instil.models import create_model
-from instil.report import flatten, summarise, summary_markdown
-from instil.viz.curves import plot_curves
+from instil.report import flatten, summarise, write_summary
 
 
 def model_for_config(config: Config, bundle: DataBundle, device: torch.device) -> nn.Module:
@@ -433,9 +432,7 @@ def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> 
         return results
     atomic_write_json(session.out / "results.json", results)
     if final:
-        atomic_write_text(session.out / "summary.md",
-                          summary_markdown(session.config.name, runs, rows))
-        plot_curves(runs, session.out / "curves.png", session.config.name)
+        write_summary(session.out, session.config.name, runs)
     return results
 
 
