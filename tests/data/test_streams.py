@@ -114,6 +114,23 @@ def test_d0_has_no_image_of_the_held_out_subpopulation(tmp_path: Path) -> None:
         prepare_split(tmp_path, len(labels), 0, 0.4, 3, "f", None, 0.0, labels, StreamPlan())
 
 
+def test_samples_barred_from_d0_spread_over_every_phase() -> None:
+    # A quarter of the samples may not enter D(0) (a held-out sub-population, toy drift):
+    # each phase should carry its share of them, not the first phases all of them.
+    n = 8000
+    barred = np.random.default_rng(5).random(n) < 0.25
+    for order_seed in range(3):
+        split = make_split(n, order_seed, 0.5, 10, "f", base_eligible=~barred)
+        assert not barred[split.base].any()
+        share = barred.sum() / (n - len(split.base))
+        for part in split.phases:
+            assert abs(barred[part].mean() - share) < 0.1, "barred samples bunch in some phases"
+    # D(0) is still the head of the order seed's permutation among the eligible samples, so
+    # M(0)s trained before the rest was reshuffled stay valid.
+    perm = np.random.default_rng(2).permutation(n)
+    assert np.array_equal(split.base, perm[~barred[perm]][:len(split.base)])
+
+
 def test_bad_stream_settings_are_refused() -> None:
     with pytest.raises(InstilError, match="split.stream"):
         SplitConfig(stream="seasonal")

@@ -78,7 +78,10 @@ def make_split(n: int, order_seed: int, base_fraction: float, n_phases: int, fin
             raise InstilError(f"base_fraction={base_fraction}: only {len(eligible)} of {len(perm)} "
                               "samples may enter D(0); lower base_fraction")
         base = eligible[:n_base]
-        rest = perm[~np.isin(perm, base)]
+        # Reshuffled: in permutation order, the samples barred from D(0) would come first
+        # (D(0) used up the eligible ones of the permutation's head), so the first phases
+        # would hold nothing else. Its own generator keeps D(0) as it was.
+        rest = np.random.default_rng([order_seed, 3]).permutation(perm[~np.isin(perm, base)])
     if stream.record["name"] == "class_skew":
         if labels is None:
             raise ValueError("a class-skewed stream needs the labels")
