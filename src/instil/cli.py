@@ -280,21 +280,8 @@ def selected_runs(result: dict, methods: list[str] | None, seeds: list[str] | No
     return {**result, "runs": runs}
 
 
-def read_results(folder: Path) -> dict:
-    import json
-
-    path = folder / "results.json"
-    try:
-        result = json.loads(path.read_text())
-        if not isinstance(result.get("runs"), list):
-            raise ValueError("no list of runs")
-    except (OSError, ValueError, AttributeError) as e:
-        raise InstilError(f"{path}: cannot read results ({e}); is it a run folder?") from None
-    return result
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from instil.report import write_summary
+    from instil.report import read_results, write_summary
 
     result = read_results(args.run)
     runs = [r for r in result["runs"] if r["phases"]]
@@ -310,7 +297,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from instil.report import compare_table, paired_table, per_phase_tables
+    from instil.report import compare_table, paired_table, per_phase_tables, read_results
 
     results = {}
     for folder in args.runs:

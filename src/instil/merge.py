@@ -11,7 +11,6 @@ Saved models stay in their source folders, which results.json names.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,9 @@ import yaml
 
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
-from instil.report import flatten, summarise, write_summary
+from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
-
-
-def read_run(folder: Path) -> dict[str, Any]:
-    path = folder / "results.json"
-    try:
-        result = json.loads(path.read_text())
-        if not isinstance(result.get("runs"), list) or not isinstance(result.get("config"), dict):
-            raise ValueError("no config or list of runs")
-    except (OSError, ValueError, AttributeError) as e:
-        raise InstilError(f"{path}: cannot read results ({e}); is it a run folder?") from None
-    return result
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +65,7 @@ def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
         raise InstilError("merge needs at least two run folders")
     if (out / "results.json").exists():
         raise InstilError(f"{out / 'results.json'} exists; choose another --out")
-    results = [read_run(folder) for folder in folders]
+    results = [read_results(folder) for folder in folders]
     check_mergeable(folders, results)
     seeds = sorted({seed for r in results for seed in r["config"][SEED_KEY]})
     config = {**results[0]["config"], SEED_KEY: seeds}

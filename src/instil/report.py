@@ -144,6 +144,20 @@ def summary_markdown(config_name: str, runs: list[dict[str, Any]],
             f"{student_lines(runs)}## Per phase\n\n{tables}")
 
 
+def read_results(folder: Path) -> dict[str, Any]:
+    """A run folder's results.json, or one line saying why it is not one."""
+    import json
+
+    path = folder / "results.json"
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result.get("runs"), list) or not isinstance(result.get("config"), dict):
+            raise ValueError("no config or list of runs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InstilError(f"{path}: cannot read results ({e}); is it a run folder?") from None
+    return result
+
+
 def write_summary(folder: Path, config_name: str, runs: list[dict[str, Any]],
                   note: str = "") -> str:
     """Writes `folder`/summary.md and curves.png for `runs` and returns the summary's text."""
