@@ -93,3 +93,20 @@ def test_paired_differences_are_per_order_seed(runs: list) -> None:
     assert "| joint | 2 | 0.50 ± 6.35 | 0.00 ± 0.00 | 0.00 ± 0.00 | – |" in table
     with pytest.raises(InstilError, match="--paired-to lwf: no such method"):
         paired_table({"here": {"runs": runs}}, "lwf")
+
+
+def test_curves_get_an_acc_shift_panel_and_m0_levels_on_a_shift_stream(runs: list,
+                                                                          tmp_path) -> None:
+    from instil.viz.curves import PANELS, SHIFT_PANEL, base_level, panels_for, plot_curves
+
+    assert panels_for(runs) == PANELS
+    assert base_level(runs, "acc_test") == pytest.approx(89.0)
+    assert base_level(runs, "pp") is None and base_level(runs, "acc_shift") is None
+    for r in runs:
+        r["base"]["acc_shift"] = 70.0 + 10 * r["order_seed"]  # seeds 0 and 1: mean 75
+        for p in r["phases"]:
+            p["acc_shift"] = 80.0 + p["phase"]
+    assert panels_for(runs) == PANELS + (SHIFT_PANEL,)
+    assert base_level(runs, "acc_shift") == pytest.approx(75.0)
+    plot_curves(runs, tmp_path / "curves.png", "toy")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

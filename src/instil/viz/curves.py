@@ -1,4 +1,5 @@
-"""acc_test, pp and f per phase: a line per method with its 95% band across order seeds."""
+"""acc_test, pp and f per phase (and acc_shift on a sub-population-shift stream): a line per
+method with its 95% band across order seeds, and M(0)'s level where the panel has one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,28 @@ from pathlib import Path
 from typing import Any
 
 from instil.io import atomic_write_bytes
-from instil.report import per_phase
+from instil.metrics import mean_ci95
+from instil.report import SHIFT, per_phase
 
 PANELS = (("acc_test", "test accuracy (%)"), ("pp", "performance promotion pp"),
           ("f", "forgetting on D(0), f"))
+SHIFT_PANEL = (SHIFT, "held-out sub-population, acc_shift (%)")
+
+
+def panels_for(runs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The acc_shift panel only when every run scored it: on a shift stream it is the
+    accuracy the new observations are meant to raise, so it gets its own axes."""
+    scored = [r for r in runs if r["phases"]]
+    if scored and all(SHIFT in p for r in scored for p in r["phases"]):
+        return PANELS + (SHIFT_PANEL,)
+    return PANELS
+
+
+def base_level(runs: list[dict[str, Any]], key: str) -> float | None:
+    """M(0)'s mean over the order seeds for a metric the base model has (pp and f are 0 by
+    definition there, so they get no line)."""
+    values = [b[key] for b in {r["order_seed"]: r["base"] for r in runs}.values() if key in b]
+    return mean_ci95(values)[0] if values else None
 
 
 def plot_curves(runs: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -21,8 +40,12 @@ def plot_curves(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in runs))
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
-    for ax, (key, label) in zip(axes, PANELS):
+    panels = panels_for(runs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, label) in zip(axes, panels):
+        level = base_level(runs, key)
+        if level is not None:
+            ax.axhline(level, color="grey", linestyle="--", linewidth=1, label="M(0)")
         for method in methods:
             points = per_phase(runs, method, key)
             if not points:
