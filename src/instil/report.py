@@ -50,13 +50,20 @@ def fmt(mean: float, ci: float) -> str:
     return f"{mean:.2f}" if math.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
 
 
-def base_line(runs: list[dict[str, Any]]) -> str:
+def base_values(runs: list[dict[str, Any]], key: str) -> list[float]:
+    """M(0)'s `key` once per order seed (every method of a seed shares M(0)); [] when M(0)
+    has no such metric."""
     seen = {r["order_seed"]: r["base"] for r in runs}
-    acc_test = mean_ci95([b["acc_test"] for b in seen.values()])
-    acc_base = mean_ci95([b["acc_base"] for b in seen.values()])
-    shift = f", {SHIFT} {fmt(*mean_ci95([b[SHIFT] for b in seen.values()]))}" \
-        if all(SHIFT in b for b in seen.values()) else ""
-    return (f"M(0) over {len(seen)} order seed(s): acc_test {fmt(*acc_test)}, "
+    return [b[key] for b in seen.values() if key in b]
+
+
+def base_line(runs: list[dict[str, Any]]) -> str:
+    acc_test = mean_ci95(base_values(runs, "acc_test"))
+    acc_base = mean_ci95(base_values(runs, "acc_base"))
+    seeds = len({r["order_seed"] for r in runs})
+    shifts = base_values(runs, SHIFT)
+    shift = f", {SHIFT} {fmt(*mean_ci95(shifts))}" if len(shifts) == seeds else ""
+    return (f"M(0) over {seeds} order seed(s): acc_test {fmt(*acc_test)}, "
             f"acc_base {fmt(*acc_base)}{shift}")
 
 

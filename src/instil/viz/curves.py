@@ -10,7 +10,7 @@ from typing import Any
 
 from instil.io import atomic_write_bytes
 from instil.metrics import mean_ci95
-from instil.report import SHIFT, per_phase
+from instil.report import SHIFT, base_values, per_phase
 
 PANELS = (("acc_test", "test accuracy (%)"), ("pp", "performance promotion pp"),
           ("f", "forgetting on D(0), f"))
@@ -29,7 +29,7 @@ def panels_for(runs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
 def base_level(runs: list[dict[str, Any]], key: str) -> float | None:
     """M(0)'s mean over the order seeds for a metric the base model has (pp and f are 0 by
     definition there, so they get no line)."""
-    values = [b[key] for b in {r["order_seed"]: r["base"] for r in runs}.values() if key in b]
+    values = base_values(runs, key)
     return mean_ci95(values)[0] if values else None
 
 
