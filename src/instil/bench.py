@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import resource
+import sys
 import time
 from typing import Any, Callable
 
@@ -33,7 +34,7 @@ from instil.engine.distributed import world
 from instil.engine.evaluate import predict
 from instil.engine.fit import Speed, fit, make_optimizer
 from instil.engine.precision import autocast, check_precision
-from instil.engine.protocol import method_for, model_for_config
+from instil.engine.protocol import channels_last_of, method_for, model_for_config
 from instil.errors import InstilError
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
@@ -129,11 +130,14 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
     check_precision(config.precision, device)
     speed = Speed(config.precision, config.compile)
     bundle = load_dataset(config.data)
-    source = DataSource(bundle, config.data, device, config.channels_last)
+    channels_last, why = channels_last_of(config, bundle, device)
+    if why:
+        print(why, file=sys.stderr)
+    source = DataSource(bundle, config.data, device, channels_last)
     base_cfg = dataclasses.replace(config.base, batch_size=batch or config.base.batch_size)
     phase_cfg = dataclasses.replace(config.phase, batch_size=batch or config.phase.batch_size)
     torch.manual_seed(config.seed)
-    model = model_for_config(config, bundle, device)
+    model = model_for_config(config, bundle, device, channels_last)
     order = np.random.default_rng(config.seed).permutation(len(bundle.train))
     n_images = steps * phase_cfg.batch_size * world().size
     if len(order) < n_images + warmup * phase_cfg.batch_size * world().size:
@@ -143,7 +147,7 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
 
     top = median_of(repeats, lambda: ceiling(
         model, bundle.input_shape, bundle.num_classes, phase_cfg.batch_size, phase_cfg, speed,
-        warmup, steps, device, config.channels_last))
+        warmup, steps, device, channels_last))
     base_part = order[:steps * base_cfg.batch_size * world().size]
     base = median_of(repeats, lambda: pipeline(Finetune(), model, source, base_part, base_cfg,
                                                speed, warmup))
@@ -168,7 +172,7 @@ def bench_speed(config: Config, steps: int = 40, warmup: int = 5,
         "preset": config.name, "device": describe_device(device), "torch": torch.__version__,
         "model": config.model.name, "batch": phase_cfg.batch_size, "steps": steps,
         "repeats": repeats,
-        "precision": config.precision, "channels_last": config.channels_last,
+        "precision": config.precision, "channels_last": channels_last,
         "compile": config.compile, "processes": world().size,
         "ceiling_images_per_s": top,
         "base_images_per_s": base, "base_of_ceiling": base / top,

@@ -23,6 +23,7 @@ Fisher information of the deployed model on the new images.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from instil.data.folder import check_images, read_image, scan_class_folders
 from instil.data.loaders import DataSource
 from instil.data.split import IILSplit
 from instil.engine.device import resolve_device, rng_state
+from instil.engine.memory_format import channels_last_safe
 from instil.engine.precision import check_precision
 from instil.engine.protocol import Session, method_for, options_of, prepare_output, train_phase
 from instil.errors import InstilError
@@ -409,9 +411,13 @@ def run_phase(request: PromoteRequest, ckpt: Checkpoint, config: Config, method:
     new images are the training set, the holdout the test set."""
     bundle = DataBundle("promote", list(ckpt.classes), new.samples(), holdout.samples(),
                         tuple(ckpt.input_shape), tuple(ckpt.mean), tuple(ckpt.std))
-    source = DataSource(bundle, config.data, device, config.channels_last)
     previous = build_model(ckpt, request.model).to(device)
-    if config.channels_last:
+    channels_last, why = channels_last_safe(previous, device)
+    channels_last = channels_last and config.channels_last and len(bundle.input_shape) == 3
+    if config.channels_last and why:
+        print(why, file=sys.stderr)
+    source = DataSource(bundle, config.data, device, channels_last)
+    if channels_last:
         previous = previous.to(memory_format=torch.channels_last)
     indices = np.arange(len(new))
     split = IILSplit(order_seed=0, base_fraction=0.0, n_phases=1,
@@ -419,7 +425,8 @@ def run_phase(request: PromoteRequest, ckpt: Checkpoint, config: Config, method:
     budget = method.budget(config.base, config.phase)
     with tqdm(total=budget.epochs, unit="epoch", dynamic_ncols=True,
               disable=None if request.show_progress else True) as bar:
-        session = Session(config, source, device, Path(request.out).parent, bar)
+        session = Session(config, source, device, Path(request.out).parent, bar,
+                          channels_last=channels_last)
         before = session.predict(previous, "test", None)
         seconds, _ = train_phase(session, method, split, 1, previous, method.label, budget)
         promoted = method.deployed()

@@ -51,6 +51,7 @@ from instil.engine.distributed import (
 )
 from instil.engine.evaluate import predict
 from instil.engine.fit import OnProgress, Progress, Speed, fit
+from instil.engine.memory_format import channels_last_for
 from instil.engine.precision import check_precision
 from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
@@ -63,12 +64,25 @@ from instil.models import create_model
 from instil.report import flatten, summarise, write_summary
 
 
-def model_for_config(config: Config, bundle: DataBundle, device: torch.device) -> nn.Module:
-    """The config's model for this data, on the device, in its memory format (weights drawn
-    from torch's current random state)."""
+def channels_last_of(config: Config, bundle: DataBundle, device: torch.device
+                     ) -> tuple[bool, str]:
+    """Whether this run's model and images go channels_last: the config's wish, unless the
+    model cannot train in it on this device (engine.memory_format); with the one-line reason
+    when the wish is refused. The config itself stays as the user wrote it (resume compares
+    it)."""
+    if not config.channels_last or len(bundle.input_shape) != 3:
+        return False, ""
+    return channels_last_for(config.model.name, config.model.options, bundle.input_shape,
+                             bundle.num_classes, device)
+
+
+def model_for_config(config: Config, bundle: DataBundle, device: torch.device,
+                     channels_last: bool) -> nn.Module:
+    """The config's model for this data, on the device, in the memory format that
+    `channels_last_of` chose (weights drawn from torch's current random state)."""
     model = create_model(config.model.name, bundle.input_shape, bundle.num_classes,
                          **config.model.options).to(device)
-    if config.channels_last and len(bundle.input_shape) == 3:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -83,10 +97,12 @@ class Session:
     out: Path
     bar: tqdm
     resume: bool = False  # go on from the states an interrupted run saved
+    channels_last: bool = False  # the memory format of the models and images
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
-        return model_for_config(self.config, self.source.bundle, self.device)
+        return model_for_config(self.config, self.source.bundle, self.device,
+                                self.channels_last)
 
     def log(self, line: str) -> None:
         """One line per finished phase, above the bar, so that a log file shows progress
@@ -458,13 +474,17 @@ def open_session(config: Config, out: Path, total_epochs: int,
         raise InstilError("sync_batchnorm needs CUDA devices (NCCL); drop it on the CPU")
     prepare_output(out)
     bundle = load_dataset(config.data)
-    source = DataSource(bundle, config.data, device, config.channels_last)
     if w.main:
         save_config(config, out / "config.yaml")
+    channels_last, why = channels_last_of(config, bundle, device)
+    source = DataSource(bundle, config.data, device, channels_last)
     # disable=None turns the bar off when stderr is not a terminal (logs get one line a phase).
     with tqdm(total=total_epochs, unit="epoch", dynamic_ncols=True,
               disable=None if show_progress and w.main else True) as bar:
-        yield Session(config, source, device, out, bar, resume)
+        session = Session(config, source, device, out, bar, resume, channels_last)
+        if why:
+            session.log(why)
+        yield session
 
 
 def start_seed(session: Session, order_seed: int) -> SeedStart:
