@@ -28,7 +28,7 @@ for preset in ${PRESETS:-skew shift}; do
         OMP_NUM_THREADS=1 timeout -s TERM "$seconds" "$PYTHON" -m instil run \
             "configs/fmnist-$preset.yaml" --out "$out/$name" --resume --no-progress \
             --set "order_seeds=[$seed]" --set "methods=$methods" "$@" \
-            > "$out/$name.log" 2>&1 &
+            >> "$out/$name.log" 2>&1 &  # appended: a resumed run keeps its earlier log
     done
 done
 wait
