@@ -51,7 +51,7 @@ from instil.data.folder import check_images, read_image, scan_class_folders
 from instil.data.loaders import DataSource
 from instil.data.split import IILSplit
 from instil.engine.device import resolve_device, rng_state
-from instil.engine.memory_format import channels_last_safe
+from instil.engine.memory_format import channels_last_choice
 from instil.engine.precision import check_precision
 from instil.engine.protocol import Session, method_for, options_of, prepare_output, train_phase
 from instil.errors import InstilError
@@ -412,9 +412,9 @@ def run_phase(request: PromoteRequest, ckpt: Checkpoint, config: Config, method:
     bundle = DataBundle("promote", list(ckpt.classes), new.samples(), holdout.samples(),
                         tuple(ckpt.input_shape), tuple(ckpt.mean), tuple(ckpt.std))
     previous = build_model(ckpt, request.model).to(device)
-    channels_last, why = channels_last_safe(previous, device)
-    channels_last = channels_last and config.channels_last and len(bundle.input_shape) == 3
-    if config.channels_last and why:
+    channels_last, why = channels_last_choice(config.channels_last, bundle.input_shape,
+                                              lambda: previous, device)
+    if why:
         print(why, file=sys.stderr)
     source = DataSource(bundle, config.data, device, channels_last)
     if channels_last:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from instil.engine.memory_format import broken_convs, channels_last_for, channels_last_safe
+from instil.engine.memory_format import (
+    broken_convs,
+    channels_last_choice,
+    channels_last_safe,
+    meta_model,
+)
 from instil.models import create_model
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -29,7 +34,16 @@ def test_only_the_cpu_loses_channels_last_and_the_reason_names_the_layer() -> No
 
 def test_the_config_check_builds_no_weights_and_keeps_torchs_random_state() -> None:
     before = torch.random.get_rng_state()
-    assert channels_last_for("resnet_small", {"widths": [4, 8, 8]}, (3, 16, 16), 2,
-                             CPU)[0] is False
-    assert channels_last_for("resnet_small", {}, (1, 28, 28), 10, CPU) == (True, "")
+    narrow = meta_model("resnet_small", {"widths": [4, 8, 8]}, (3, 16, 16), 2)
+    assert next(narrow.parameters()).is_meta
+    assert channels_last_choice(True, (3, 16, 16), lambda: narrow, CPU)[0] is False
+    wide = meta_model("resnet_small", {}, (1, 28, 28), 10)
+    assert channels_last_choice(True, (1, 28, 28), lambda: wide, CPU) == (True, "")
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_no_wish_or_no_image_means_contiguous_without_building_the_model() -> None:
+    def unbuildable() -> nn.Module:
+        raise AssertionError("the model must not be built")
+    assert channels_last_choice(False, (3, 16, 16), unbuildable, CPU) == (False, "")
+    assert channels_last_choice(True, (2,), unbuildable, CPU) == (False, "")

@@ -13,6 +13,9 @@ channels_last).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -41,10 +44,19 @@ def channels_last_safe(model: nn.Module, device: torch.device) -> tuple[bool, st
                    f"oneDNN's channels_last CPU kernel (oneDNN issue 6035)")
 
 
-def channels_last_for(name: str, options: dict, input_shape: tuple[int, ...],
-                      num_classes: int, device: torch.device) -> tuple[bool, str]:
-    """channels_last_safe for the model a config names; built on the meta device, so no
-    memory is used and torch's random state (the weights' seed) is untouched."""
+def channels_last_choice(wanted: bool, input_shape: tuple[int, ...],
+                         model: Callable[[], nn.Module], device: torch.device
+                         ) -> tuple[bool, str]:
+    """Whether a model and its images go channels_last: the wish, for images only, unless
+    `model()` cannot train in it on `device`; with the one-line reason when refused."""
+    if not wanted or len(input_shape) != 3:
+        return False, ""
+    return channels_last_safe(model(), device)
+
+
+def meta_model(name: str, options: dict[str, Any], input_shape: tuple[int, ...],
+               num_classes: int) -> nn.Module:
+    """The registry's model on the meta device: its layers without memory, and torch's
+    random state (the weights' seed) untouched."""
     with torch.device("meta"):
-        model = create_model(name, input_shape, num_classes, **options)
-    return channels_last_safe(model, device)
+        return create_model(name, input_shape, num_classes, **options)

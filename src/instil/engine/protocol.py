@@ -51,7 +51,7 @@ from instil.engine.distributed import (
 )
 from instil.engine.evaluate import predict
 from instil.engine.fit import OnProgress, Progress, Speed, fit
-from instil.engine.memory_format import channels_last_for
+from instil.engine.memory_format import channels_last_choice, meta_model
 from instil.engine.precision import check_precision
 from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
@@ -70,10 +70,10 @@ def channels_last_of(config: Config, bundle: DataBundle, device: torch.device
     model cannot train in it on this device (engine.memory_format); with the one-line reason
     when the wish is refused. The config itself stays as the user wrote it (resume compares
     it)."""
-    if not config.channels_last or len(bundle.input_shape) != 3:
-        return False, ""
-    return channels_last_for(config.model.name, config.model.options, bundle.input_shape,
-                             bundle.num_classes, device)
+    return channels_last_choice(
+        config.channels_last, bundle.input_shape,
+        lambda: meta_model(config.model.name, config.model.options, bundle.input_shape,
+                           bundle.num_classes), device)
 
 
 def model_for_config(config: Config, bundle: DataBundle, device: torch.device,
