@@ -68,6 +68,10 @@ def test_rerun_is_identical_and_reuses_the_cached_base(tmp_path: Path, toy_args:
         results.append(json.loads((tmp_path / name / "results.json").read_text()))
         err = capsys.readouterr().err
         assert ("M(0) of order seed 0 trained" in err) == (name == "a")
+        # The rerun names where its M(0) was trained: the key leaves the threads out.
+        cached = re.search(r"M\(0\) of order seed 0 from the cache \S+ \(trained on .+ CPU, "
+                           r"\d+ threads?, 1 process\(es\)\)", err)
+        assert (cached is not None) == (name == "b")
     strip = [[{k: v for k, v in p.items() if k != "train_seconds"} for r in res["runs"]
               for p in r["phases"]] for res in results]
     assert strip[0] == strip[1]

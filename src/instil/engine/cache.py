@@ -39,17 +39,18 @@ def base_key(parts: dict[str, Any], base_indices: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def load_base(path: Path, model: nn.Module) -> bool:
-    """Loads a cached M(0) into `model`; False when there is none. Tensors only, no code."""
+def load_base(path: Path, model: nn.Module) -> dict[str, Any] | None:
+    """Loads a cached M(0) into `model` and returns what was saved with it (its meta), or
+    None when there is none. Tensors only, no code."""
     if not path.exists():
-        return False
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
     except Exception as e:  # any unreadable cache entry is a user-fixable state, not a bug
         raise InstilError(f"{path}: unreadable cached base model ({type(e).__name__}); "
                           "delete it to retrain") from None
-    return True
+    return dict(state.get("meta") or {})
 
 
 def save_base(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:

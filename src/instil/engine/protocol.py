@@ -293,13 +293,21 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
     }, split.base)
     path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
     # Rank 0's cache decides (other machines may not share its disk); it sends the weights.
-    if broadcast_object(load_base(path, model) if world().main else None):
+    meta = broadcast_object(load_base(path, model) if world().main else None)
+    if meta is not None:
         broadcast_state(model)
         session.bar.update(config.base.epochs)
+        # The key leaves out the device and thread count (a cached model stays valid on
+        # another machine), yet they change floating-point sums and so M(0) slightly: the
+        # log says which one a run started from.
+        session.log(f"M(0) of order seed {split.order_seed} from the cache {path} (trained "
+                    f"on {meta.get('trained_on', 'an unrecorded device')})")
         return model
     model, seconds = train_base(session, split, model)
     if world().main:
-        save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds})
+        save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds,
+                                "trained_on": f"{describe_device(session.device)}, "
+                                              f"{world().size} process(es)"})
     session.log(f"M(0) of order seed {split.order_seed} cached as {path}")
     state_path(session.out, "base", split.order_seed, world()).unlink(missing_ok=True)
     return model
