@@ -63,3 +63,19 @@ def test_merge_refuses_other_protocols_and_twice_run_seeds(
     assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s0b"), "--out",
                  str(existing)]) == 2
     assert "exists; choose another --out" in capsys.readouterr().err
+
+
+def test_merge_joins_folders_that_ran_different_methods(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    # A seed on which only some methods ran still merges: each method counts its own seeds.
+    toy_run(tmp_path / "s0", toy_args, "--set", "order_seeds=[0]", "--set", "methods=[joint]")
+    toy_run(tmp_path / "s1", toy_args, "--set", "order_seeds=[1]")
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["config"]["methods"] == ["joint", "finetune"]
+    assert {r["method"]: r["n_orders"] for r in merged["summary"]} == {"joint": 2,
+                                                                       "finetune": 1}
+    assert [(r["order_seed"], r["method"]) for r in merged["runs"]] == [
+        (0, "joint"), (1, "joint"), (1, "finetune")]

@@ -3,8 +3,10 @@
 Order seeds are independent (each has its own split, M(0) and method instances), so a
 protocol can be run one seed per process or machine, with `--set order_seeds=[k]` and its own
 `--out`, and merged afterwards. A merge is refused unless the folders ran the same protocol:
-their resolved configs must agree on everything but `order_seeds`, and no (method, order
-seed) may appear twice. The merged folder is what `instil run` would have written: a
+their resolved configs must agree on everything but `order_seeds` and `methods`, and no
+(method, order seed) may appear twice. The method lists may differ because a method's run
+on one seed does not depend on which other methods ran beside it (each starts from the
+seed's M(0)); a seed that ran fewer methods adds to those methods' counts only. The merged folder is what `instil run` would have written: a
 results.json (listing its sources), config.yaml, the manifests, summary.md and curves.png.
 Saved models stay in their source folders, which results.json names.
 """
@@ -22,12 +24,23 @@ from instil.io import atomic_write_json, atomic_write_text
 from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
+# Keys that may differ between merged folders: what ran, not how.
+PER_FOLDER_KEYS = (SEED_KEY, "methods")
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
-    """What two folders must share to be one protocol: the config without its seed list,
-    flattened to dotted keys so that a refusal names the one setting that differs."""
-    return flatten({k: v for k, v in config.items() if k != SEED_KEY})
+    """What two folders must share to be one protocol: the config without its seed and
+    method lists, flattened to dotted keys so that a refusal names the one setting that
+    differs."""
+    return flatten({k: v for k, v in config.items() if k not in PER_FOLDER_KEYS})
+
+
+def union_of_methods(results: list[dict[str, Any]]) -> list[str]:
+    """Every folder's methods, in the first folder's order, then the others' new ones."""
+    methods: list[str] = []
+    for result in results:
+        methods += [m for m in result["config"]["methods"] if m not in methods]
+    return methods
 
 
 def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
@@ -68,7 +81,7 @@ def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
     results = [read_results(folder) for folder in folders]
     check_mergeable(folders, results)
     seeds = sorted({seed for r in results for seed in r["config"][SEED_KEY]})
-    config = {**results[0]["config"], SEED_KEY: seeds}
+    config = {**results[0]["config"], "methods": union_of_methods(results), SEED_KEY: seeds}
     runs = merged_runs(config, results)
     # Checked before anything is written, so that a failed merge leaves no half folder.
     manifests = [(m, folder) for folder in folders for m in sorted(folder.glob("manifest-*.json"))]
