@@ -7,9 +7,9 @@ their resolved configs must agree on everything but `order_seeds` and `methods`,
 (method, order seed) may appear twice. The method lists may differ because a method's run
 on one seed does not depend on which other methods ran beside it (each starts from the
 seed's M(0)); a seed that ran fewer methods adds to those methods' counts only. The
-merged folder is what `instil run` would have written: a
-results.json (listing its sources), config.yaml, the manifests, summary.md and curves.png.
-Saved models stay in their source folders, which results.json names.
+merged folder is what `instil run` would have written: a results.json (listing its
+sources), config.yaml, the manifests, summary.md and curves.png. Saved models stay in
+their source folders, which results.json names.
 """
 
 from __future__ import annotations
