@@ -279,6 +279,12 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
     return set_up + result.seconds, len(indices)
 
 
+def ran_on(device: torch.device) -> str:
+    """The device, threads and processes behind a result, which its floating-point sums
+    (and timings) depend on."""
+    return f"{describe_device(device)}, {world().size} process(es)"
+
+
 def base_model(session: Session, split: IILSplit) -> nn.Module:
     """M(0) for this order seed: from the cache, or trained on D(0) and cached."""
     config = session.config
@@ -306,8 +312,7 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
     model, seconds = train_base(session, split, model)
     if world().main:
         save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds,
-                                "trained_on": f"{describe_device(session.device)}, "
-                                              f"{world().size} process(es)"})
+                                "trained_on": ran_on(session.device)})
     session.log(f"M(0) of order seed {split.order_seed} cached as {path}")
     state_path(session.out, "base", split.order_seed, world()).unlink(missing_ok=True)
     return model
@@ -417,7 +422,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
               "phases": state.phases,
               "wall_seconds": wall_before + time.perf_counter() - started,
               # Timings compare only between runs on the same machine and threads.
-              "ran_on": f"{describe_device(session.device)}, {world().size} process(es)"}
+              "ran_on": ran_on(session.device)}
     return record, deployed
 
 
