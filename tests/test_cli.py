@@ -261,6 +261,14 @@ def test_compare_shows_what_differs_between_runs(tmp_path: Path, toy_args: list[
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["1", "2", "3"]
     assert main(["compare", str(tmp_path / "0.01"), "--per-phase", "acc_shift"]) == 2
     assert "--per-phase acc_shift: not a metric" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "0.01"), "--per-seed", "pp,f"]) == 0
+    tables = capsys.readouterr().out
+    lines = tables.split("### pp after the last phase, per order seed")[1].strip().splitlines()
+    assert lines[0] == "| order seed | finetune |"
+    assert [line.split("|")[1].strip() for line in lines[2:4]] == ["0", "1"]
+    assert "### f after the last phase, per order seed" in tables
+    assert main(["compare", str(tmp_path / "0.01"), "--per-seed", "acc_shift"]) == 2
+    assert "--per-seed acc_shift: not a metric" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "0.01"), str(tmp_path / "0.02"),
                  "--paired-to", f"{tmp_path / '0.01'}: finetune"]) == 0
     assert f"| {tmp_path / '0.02'}: finetune | 2 | " in capsys.readouterr().out

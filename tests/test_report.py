@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from instil.errors import InstilError
-from instil.report import phase_table, student_lines, summarise, summary_markdown
+from instil.report import phase_table, seed_table, student_lines, summarise, summary_markdown
 
 
 def run(method: str, seed: int, phases: list[int], shift: float,
@@ -88,9 +88,11 @@ def test_paired_differences_are_per_order_seed(runs: list) -> None:
     runs = runs + [run("finetune", s, [1, 2, 3], s - 0.5) for s in (0, 1)] + \
         [run("finetune", 7, [1, 2, 3], 50.0)]  # a seed dbd did not run: left out
     table = paired_table({"here": {"runs": runs}}, "dbd")
-    assert "| finetune | 2 | -0.50 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0 of 3 |" in table
-    # Joint (after phase 3 only) is 0 and 1 point above dbd; no phase-by-phase count.
-    assert "| joint | 2 | 0.50 ± 6.35 | 0.00 ± 0.00 | 0.00 ± 0.00 | – |" in table
+    assert "| finetune | 2 | -0.50 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0 of 2 | 0 of 3 |" \
+        in table
+    # Joint (after phase 3 only) is 0 and 1 point above dbd: higher on one seed of two (a tie
+    # is not higher); no phase-by-phase count.
+    assert "| joint | 2 | 0.50 ± 6.35 | 0.00 ± 0.00 | 0.00 ± 0.00 | 1 of 2 | – |" in table
     with pytest.raises(InstilError, match="--paired-to lwf: no such method"):
         paired_table({"here": {"runs": runs}}, "lwf")
 
@@ -110,3 +112,15 @@ def test_curves_get_an_acc_shift_panel_and_m0_levels_on_a_shift_stream(runs: lis
     assert base_level(runs, "acc_shift") == pytest.approx(75.0)
     plot_curves(runs, tmp_path / "curves.png", "toy")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_seed_table_has_a_row_per_order_seed_with_the_final_values(runs: list) -> None:
+    runs = runs + [run("finetune", 7, [1, 2, 3], 50.0)]  # a seed only finetune ran
+    lines = seed_table(runs, ["dbd", "joint", "finetune"], "pp").splitlines()
+    assert lines[0] == "| order seed | dbd | joint | finetune |"  # M(0) has no pp
+    # After phase 3, pp is seed + 3 for dbd and 2 * seed + 3 for joint.
+    assert lines[2:] == ["| 0 | 3.00 | 3.00 | – |", "| 1 | 4.00 | 5.00 | – |",
+                         "| 7 | – | – | 53.00 |"]
+    lines = seed_table(runs, ["dbd"], "acc_test").splitlines()
+    assert lines[0] == "| order seed | M(0) | dbd |"
+    assert lines[2] == "| 0 | 89.00 | 93.00 |"

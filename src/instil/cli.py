@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--per-phase", type=comma_list, default=[], metavar="METRICS",
                          help="also a per-phase table of each of these metrics, a column per "
                               "run and method (e.g. pp,f)")
+    compare.add_argument("--per-seed", type=comma_list, default=[], metavar="METRICS",
+                         help="also a table of each of these metrics after the last phase, "
+                              "a row per order seed (e.g. pp,f)")
     report = sub.add_parser("report", help="rewrite a run's summary.md and curves.png from "
                                            "its results.json (e.g. of an interrupted run)")
     report.add_argument("run", type=Path, help="a run folder with results.json")
@@ -297,7 +300,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from instil.report import compare_table, paired_table, per_phase_tables, read_results
+    from instil.report import (
+        compare_table,
+        paired_table,
+        per_phase_tables,
+        per_seed_tables,
+        read_results,
+    )
 
     results = {}
     for folder in args.runs:
@@ -307,15 +316,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.paired_to:
         print("\n" + paired_table(results, args.paired_to), end="")
     if args.per_phase:
-        known = set.intersection(*(set(p) for result in results.values()
-                                   for r in result["runs"] for p in r["phases"]))
-        known -= {"phase", "n_train"}
-        for key in args.per_phase:
-            if key not in known:
-                raise InstilError(f"--per-phase {key}: not a metric of every phase of these "
-                                  f"runs; one of {', '.join(sorted(known))}")
+        check_metrics(results, args.per_phase, "--per-phase")
         print("\n" + per_phase_tables(results, args.per_phase), end="")
+    if args.per_seed:
+        check_metrics(results, args.per_seed, "--per-seed")
+        print("\n" + per_seed_tables(results, args.per_seed), end="")
     return 0
+
+
+def check_metrics(results: dict[str, dict], keys: list[str], flag: str) -> None:
+    """Every key must be a metric of every phase of every run (a typo, or acc_shift of a
+    run without a shift stream, would otherwise fail deep inside a table)."""
+    known = set.intersection(*(set(p) for result in results.values()
+                               for r in result["runs"] for p in r["phases"]))
+    known -= {"phase", "n_train"}
+    for key in keys:
+        if key not in known:
+            raise InstilError(f"{flag} {key}: not a metric of every phase of these runs; "
+                              f"one of {', '.join(sorted(known))}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

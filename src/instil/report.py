@@ -230,6 +230,33 @@ def per_phase_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str
     return "\n".join(f"### {key}\n\n{phase_table(runs, methods, key)}" for key in keys)
 
 
+def seed_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str:
+    """One metric after each method's last phase: a row per order seed, a column per method
+    ('–' where a method did not run that seed), and M(0)'s value first where every M(0)
+    has the metric. Means hide which seeds a method won; statements such as "below zero on
+    every seed" are read here."""
+    last = {(r["method"], r["order_seed"]): r["phases"][-1][key] for r in runs if r["phases"]}
+    seeds = sorted({seed for _, seed in last})
+    bases = {r["order_seed"]: r["base"] for r in runs}
+    with_base = all(key in bases[seed] for seed in seeds)
+    head = ["order seed", *(["M(0)"] if with_base else []), *methods]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for seed in seeds:
+        cells = [str(seed), *([f"{bases[seed][key]:.2f}"] if with_base else []),
+                 *(f"{last[(m, seed)]:.2f}" if (m, seed) in last else "–" for m in methods)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_seed_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str:
+    """A `seed_table` per metric over several runs: a column per method (see
+    `labelled_runs`)."""
+    runs = labelled_runs(results)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    return "\n".join(f"### {key} after the last phase, per order seed\n\n"
+                     f"{seed_table(runs, methods, key)}" for key in keys)
+
+
 PAIRED = ("acc_test", "f", "nfr")
 
 
@@ -237,15 +264,17 @@ def paired_table(results: dict[str, dict[str, Any]], reference: str) -> str:
     """Every method against `reference` on the order seeds both ran: the mean ± 95% CI of
     the per-seed differences after the last phase (one seed shares M(0) and the data order,
     so a paired difference is much tighter than two unpaired means; Δpp equals Δacc_test),
-    and in how many phases the method's mean pp over those seeds beats the reference's
-    (only when both ran the same phases)."""
+    on how many of those seeds the method ends with the higher pp, and in how many phases
+    the method's mean pp over those seeds beats the reference's (only when both ran the
+    same phases)."""
     runs = labelled_runs(results)
     by = {(r["method"], r["order_seed"]): r for r in runs if r["phases"]}
     ref_seeds = {seed for method, seed in by if method == reference}
     if not ref_seeds:
         raise InstilError(f"--paired-to {reference}: no such method among these runs; one "
                           f"of {', '.join(dict.fromkeys(m for m, _ in by))}")
-    head = ["method", "seeds", *(f"Δ {k}" for k in PAIRED), "phases with higher pp"]
+    head = ["method", "seeds", *(f"Δ {k}" for k in PAIRED), "seeds with higher pp",
+            "phases with higher pp"]
     lines = [f"Against {reference} (method − {reference}, per order seed):", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for method in dict.fromkeys(m for m, _ in by):
@@ -255,7 +284,9 @@ def paired_table(results: dict[str, dict[str, Any]], reference: str) -> str:
         pairs = [(by[(method, s)]["phases"], by[(reference, s)]["phases"]) for s in seeds]
         cells = [method, str(len(seeds)),
                  *(fmt(*mean_ci95([mine[-1][k] - ref[-1][k] for mine, ref in pairs]))
-                   for k in PAIRED), phases_ahead(pairs)]
+                   for k in PAIRED),
+                 f"{sum(mine[-1]['pp'] > ref[-1]['pp'] for mine, ref in pairs)} of {len(pairs)}",
+                 phases_ahead(pairs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
