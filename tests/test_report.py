@@ -124,3 +124,7 @@ def test_a_seed_table_has_a_row_per_order_seed_with_the_final_values(runs: list)
     lines = seed_table(runs, ["dbd"], "acc_test").splitlines()
     assert lines[0] == "| order seed | M(0) | dbd |"
     assert lines[2] == "| 0 | 89.00 | 93.00 |"
+    # Another folder's run of seed 0 on another M(0): no single M(0) value to show.
+    other = {**runs[0], "base": {"acc_test": 88.0, "acc_base": 91.0}}
+    assert seed_table([*runs, other], ["dbd"], "acc_test").splitlines()[0] == \
+        "| order seed | dbd |"

@@ -233,16 +233,19 @@ def per_phase_tables(results: dict[str, dict[str, Any]], keys: list[str]) -> str
 def seed_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str:
     """One metric after each method's last phase: a row per order seed, a column per method
     ('–' where a method did not run that seed), and M(0)'s value first where every M(0)
-    has the metric. Means hide which seeds a method won; statements such as "below zero on
-    every seed" are read here."""
+    has the metric and each seed has one M(0) (runs of several folders may not share it).
+    Means hide which seeds a method won; statements such as "below zero on every seed" are
+    read here."""
     last = {(r["method"], r["order_seed"]): r["phases"][-1][key] for r in runs if r["phases"]}
     seeds = sorted({seed for _, seed in last})
-    bases = {r["order_seed"]: r["base"] for r in runs}
-    with_base = all(key in bases[seed] for seed in seeds)
+    bases: dict[int, set[float]] = {}
+    for r in runs:
+        bases.setdefault(r["order_seed"], set()).add(r["base"].get(key, math.nan))
+    with_base = all(len(bases[seed]) == 1 and not math.isnan(*bases[seed]) for seed in seeds)
     head = ["order seed", *(["M(0)"] if with_base else []), *methods]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for seed in seeds:
-        cells = [str(seed), *([f"{bases[seed][key]:.2f}"] if with_base else []),
+        cells = [str(seed), *([f"{next(iter(bases[seed])):.2f}"] if with_base else []),
                  *(f"{last[(m, seed)]:.2f}" if (m, seed) in last else "–" for m in methods)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
