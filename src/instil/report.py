@@ -238,14 +238,14 @@ def seed_table(runs: list[dict[str, Any]], methods: list[str], key: str) -> str:
     read here."""
     last = {(r["method"], r["order_seed"]): r["phases"][-1][key] for r in runs if r["phases"]}
     seeds = sorted({seed for _, seed in last})
-    bases: dict[int, set[float]] = {}
-    for r in runs:
-        bases.setdefault(r["order_seed"], set()).add(r["base"].get(key, math.nan))
-    with_base = all(len(bases[seed]) == 1 and not math.isnan(*bases[seed]) for seed in seeds)
+    # None stands for an M(0) without the metric, so that it too rules the column out.
+    bases = {seed: {r["base"].get(key) for r in runs if r["order_seed"] == seed}
+             for seed in seeds}
+    with_base = all(len(b) == 1 and None not in b for b in bases.values())
     head = ["order seed", *(["M(0)"] if with_base else []), *methods]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for seed in seeds:
-        cells = [str(seed), *([f"{next(iter(bases[seed])):.2f}"] if with_base else []),
+        cells = [str(seed), *([f"{min(bases[seed]):.2f}"] if with_base else []),
                  *(f"{last[(m, seed)]:.2f}" if (m, seed) in last else "–" for m in methods)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
