@@ -79,3 +79,42 @@ def test_merge_joins_folders_that_ran_different_methods(
                                                                        "finetune": 1}
     assert [(r["order_seed"], r["method"]) for r in merged["runs"]] == [
         (0, "joint"), (1, "joint"), (1, "finetune")]
+
+
+def test_merge_keeps_only_the_methods_asked_for(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    # Seed 0 was stopped before joint (results.json keeps finetune only, complete: false):
+    # merged for finetune alone, nothing of the merge is missing.
+    toy_run(tmp_path / "s0", toy_args, "--set", "order_seeds=[0]",
+            "--set", "methods=[finetune]")
+    partial = json.loads((tmp_path / "s0" / "results.json").read_text())
+    partial["config"]["methods"] = ["finetune", "joint"]
+    partial["complete"] = False
+    (tmp_path / "s0" / "results.json").write_text(json.dumps(partial))
+    toy_run(tmp_path / "s1", toy_args, "--set", "order_seeds=[1]",
+            "--set", "methods=[joint, finetune]")
+    toy_run(tmp_path / "s2", toy_args, "--set", "order_seeds=[2]", "--set", "methods=[joint]")
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(out),
+                 "--methods", "finetune"]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["config"]["methods"] == ["finetune"]
+    assert merged["config"]["order_seeds"] == [0, 1]
+    assert [(r["order_seed"], r["method"]) for r in merged["runs"]] == [
+        (0, "finetune"), (1, "finetune")]
+    assert merged["complete"] is True
+    # Asked for joint as well, seed 0 lacks it: not complete.
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out",
+                 str(tmp_path / "both"), "--methods", "joint,finetune"]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert both["config"]["methods"] == ["joint", "finetune"]
+    assert both["complete"] is False
+    cases = [("s0", "s1", "finetun", "--methods finetun: not a method of"),
+             ("s0", "s2", "finetune", "s2: ran none of --methods finetune")]
+    for a, b, methods, message in cases:
+        assert main(["merge", str(tmp_path / a), str(tmp_path / b), "--out",
+                     str(tmp_path / "m"), "--methods", methods]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists()

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("runs", type=Path, nargs="+", help="run folders with results.json")
     merge.add_argument("--out", type=Path, required=True, metavar="DIR",
                        help="the merged run folder (must not hold a run yet)")
+    merge.add_argument("--methods", type=comma_list,
+                       help="only these methods, comma-separated, in this order "
+                            "(e.g. dbd,dbd-nofl)")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
     dust.add_argument("config", type=Path)
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
@@ -339,7 +342,7 @@ def check_metrics(results: dict[str, dict], keys: list[str], flag: str) -> None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from instil.merge import merge_runs
 
-    merged = merge_runs(args.runs, args.out)
+    merged = merge_runs(args.runs, args.out, args.methods)
     seeds = merged["config"]["order_seeds"]
     print(f"merged {len(merged['runs'])} runs on order seeds {seeds} into {args.out}")
     return 0

@@ -9,7 +9,8 @@ on one seed does not depend on which other methods ran beside it (each starts fr
 seed's M(0)); a seed that ran fewer methods adds to those methods' counts only. The
 merged folder is what `instil run` would have written: a results.json (listing its
 sources), config.yaml, the manifests, summary.md and curves.png. Saved models stay in
-their source folders, which results.json names.
+their source folders, which results.json names. `methods` keeps only some methods (e.g. dbd
+and its ablations out of folders that also ran the baselines), in the order given.
 """
 
 from __future__ import annotations
@@ -72,17 +73,50 @@ def merged_runs(config: dict[str, Any], results: list[dict[str, Any]]
     return sorted(runs, key=lambda r: (r["order_seed"], rank.get(r["method"], len(rank))))
 
 
-def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
+def only_methods(folders: list[Path], results: list[dict[str, Any]], methods: list[str]
+                 ) -> list[dict[str, Any]]:
+    """Each folder's results with only the runs and config entries of `methods`; a method
+    that no folder lists is refused, since a typo would otherwise merge nothing of it."""
+    listed = union_of_methods(results)
+    for name in methods:
+        if name not in listed:
+            raise InstilError(f"--methods {name}: not a method of {', '.join(map(str, folders))}"
+                              f"; they ran {', '.join(listed)}")
+    kept = []
+    for folder, result in zip(folders, results):
+        own = [m for m in methods if m in result["config"]["methods"]]
+        if not own:
+            raise InstilError(f"{folder}: ran none of --methods {','.join(methods)}; "
+                              f"leave it out of the merge")
+        kept.append({**result, "config": {**result["config"], "methods": own},
+                     "runs": [run for run in result["runs"] if run["method"] in own]})
+    return kept
+
+
+def covers_config(result: dict[str, Any]) -> bool:
+    """Whether `result` holds a run of every method its config lists on every seed (a
+    folder stopped during a method it is not merged for is complete for the others)."""
+    done = {(run["method"], run["order_seed"]) for run in result["runs"]}
+    return all((m, s) in done for m in result["config"]["methods"]
+               for s in result["config"][SEED_KEY])
+
+
+def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
+               ) -> dict[str, Any]:
     """Writes the merged run folder `out` (which must not hold a run yet) and returns its
-    results."""
+    results; `methods` (None: all) picks the methods to merge."""
     if len(folders) < 2:
         raise InstilError("merge needs at least two run folders")
     if (out / "results.json").exists():
         raise InstilError(f"{out / 'results.json'} exists; choose another --out")
     results = [read_results(folder) for folder in folders]
+    if methods is not None:
+        methods = list(dict.fromkeys(methods))
+        results = only_methods(folders, results, methods)
     check_mergeable(folders, results)
     seeds = sorted({seed for r in results for seed in r["config"][SEED_KEY]})
-    config = {**results[0]["config"], "methods": union_of_methods(results), SEED_KEY: seeds}
+    config = {**results[0]["config"], SEED_KEY: seeds,
+              "methods": union_of_methods(results) if methods is None else methods}
     runs = merged_runs(config, results)
     # Checked before anything is written, so that a failed merge leaves no half folder.
     manifests = [(m, folder) for folder in folders for m in sorted(folder.glob("manifest-*.json"))]
@@ -95,7 +129,8 @@ def merge_runs(folders: list[Path], out: Path) -> dict[str, Any]:
         shutil.copyfile(manifest, out / manifest.name)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     rows = summarise(runs)
-    complete = all(r.get("complete", False) for r in results)
+    complete = all(r.get("complete", False) if methods is None else covers_config(r)
+                   for r in results)
     merged = {"config": config, "complete": complete,
               "acc_test_on": results[0].get("acc_test_on", "test"), "runs": runs,
               "summary": rows, "merged_from": [str(f) for f in folders]}
