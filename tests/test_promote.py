@@ -207,7 +207,7 @@ def test_methods_that_need_old_data_or_more_epochs_are_refused(
             "--out", str(tmp_path / "p.pt"), "--device", "cpu"]
     assert "old data" in error_of([*args, "--method", "er"], capsys)
     line = error_of([*args, "--epochs", "3"], capsys)
-    assert "--epochs=3 does not exceed freeze_epochs=10" in line
+    assert "--epochs=3 is below freeze_epochs=10" in line
 
 
 def write_torchvision(tmp_path: Path) -> tuple[Path, Path]:

@@ -137,6 +137,21 @@ def student_lines(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n" if lines else ""
 
 
+def reference_lines(runs: list[dict[str, Any]]) -> str:
+    """For methods measured against a reference of their own instead of the shared M(0)
+    (iCaRL's nearest-mean classifier on M(0), PODNet's own M(0)): what it is and scores."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in runs):
+        refs = [r["reference"] for r in runs if r["method"] == method and "reference" in r]
+        if not refs:
+            continue
+        scores = ", ".join(f"{key} {fmt(*mean_ci95([ref[key] for ref in refs]))}"
+                           for key in ("acc_test", "acc_base"))
+        lines.append(f"- {method}: pp, f and nfr are measured against {refs[0]['name']} "
+                     f"({scores}), not the shared M(0)")
+    return "\n".join(lines) + "\n\n" if lines else ""
+
+
 def summary_markdown(config_name: str, runs: list[dict[str, Any]],
                      rows: list[dict[str, Any]], note: str = "") -> str:
     methods = [r["method"] for r in rows]
@@ -148,7 +163,7 @@ def summary_markdown(config_name: str, runs: list[dict[str, Any]],
             "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
-            f"{student_lines(runs)}## Per phase\n\n{tables}")
+            f"{reference_lines(runs)}{student_lines(runs)}## Per phase\n\n{tables}")
 
 
 def read_results(folder: Path) -> dict[str, Any]:

@@ -18,8 +18,10 @@ from instil.cli import main
 from instil.methods import METHODS
 from tests.conftest import write_image_folder
 
-# Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase.
+# Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase;
+# er's memory batches smaller than its memory, so that a resume must find its place in them.
 RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
+               "--set", "method_options.er={replay_batch_size: 16}",
                "--set", "order_seeds=[0]", "--set", "save_models=false",
                "--set", "state_every_seconds=0"]
 

@@ -25,7 +25,12 @@ from instil.methods.ewc import (
     momentum_bound,
     penalised,
 )
-from instil.methods.finetune_es import BestKeeper, held_out_accuracy, split_holdout
+from instil.methods.finetune_es import (
+    BestKeeper,
+    held_out_accuracy,
+    held_out_loss,
+    split_holdout,
+)
 from instil.methods.lwf import distillation
 from instil.models import create_model
 from tests.methods.phase_data import TensorData
@@ -64,6 +69,7 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_options_are_checked_with_their_key() -> None:
     for name, options, key in (("finetune-es", {"holdout": 1.0}, "holdout"),
                                ("finetune-es", {"patience": -1}, "patience"),
+                               ("finetune-es", {"criterion": "acc"}, "criterion"),
                                ("lwf", {"temperature": 0.0}, "temperature"),
                                ("ewc", {"gamma": 1.5}, "gamma"),
                                ("ewc", {"fisher": "exact"}, "fisher")):
@@ -222,40 +228,78 @@ def test_held_out_accuracy_counts_argmax_hits_in_eval_mode() -> None:
     assert model.training
 
 
-def drive(monkeypatch: pytest.MonkeyPatch, scores: list[float], **options
-          ) -> tuple[object, list[dict[str, torch.Tensor]], list[float]]:
-    """One phase by hand: the held-out scores are `scores` in turn (M(t-1) first), and the
-    model moves between epochs; returns the method and the state after each epoch."""
-    asked = list(scores)
-    monkeypatch.setattr(finetune_es, "held_out_accuracy", lambda *_: asked.pop(0))
+def test_held_out_loss_is_the_mean_cross_entropy_in_eval_mode() -> None:
+    model, data = tiny_mlp().train(), toy_data()
+    indices = np.arange(30, 50)  # two batches of 16 and 4: a mean of batch means is wrong
+    with torch.no_grad():
+        z = model.eval()(data.x[indices]).numpy().astype(np.float64)
+    model.train()
+    y = data.y[indices].numpy()
+    top = z.max(1)
+    log_sum_exp = top + np.log(np.exp(z - top[:, None]).sum(1))
+    expected = np.mean(log_sum_exp - z[np.arange(len(y)), y])
+    assert held_out_loss(model, data, indices) == pytest.approx(expected, rel=1e-9)
+    assert model.training
+
+
+def drive(monkeypatch: pytest.MonkeyPatch, accuracies: list[float] | None = None,
+          losses: list[float] | None = None, **options
+          ) -> tuple[object, list[dict[str, torch.Tensor]], dict[str, list[float]]]:
+    """One phase by hand: the held-out accuracies and losses are `accuracies` and `losses`
+    in turn (M(t-1) first; a score not given must not be asked for), and the model moves
+    between epochs; returns the method, the state after each epoch and the scores unasked."""
+    unasked = {}
+    for name, scores in (("held_out_accuracy", accuracies), ("held_out_loss", losses)):
+        unasked[name] = asked = list(scores or [])
+        monkeypatch.setattr(finetune_es, name, lambda *_, asked=asked: asked.pop(0))
     method = create_method("finetune-es", options)
     method.begin_phase(tiny_mlp(), context())
     states = [{k: v.clone() for k, v in method.model.state_dict().items()}]
-    for epoch in range(len(scores) - 1):
+    for epoch in range(len(accuracies or losses) - 1):
         shift(method.model, 0.1)
         states.append({k: v.clone() for k, v in method.model.state_dict().items()})
         method.end_epoch(epoch)
     method.end_phase()
-    return method, states, asked
+    return method, states, unasked
 
 
 def test_finetune_es_deploys_the_best_epoch_and_the_earlier_of_a_tie(monkeypatch) -> None:
-    method, states, _ = drive(monkeypatch, [0.5, 0.7, 0.9, 0.6, 0.9])
+    method, states, _ = drive(monkeypatch, [0.5, 0.7, 0.9, 0.6, 0.9], criterion="accuracy")
     assert method.keeper.epoch == 2
     assert same_state(method.deployed().state_dict(), states[2])
     assert method.phase_facts() == {"kept_epoch": 2, "held_out_acc": 90.0}
 
 
-def test_finetune_es_keeps_the_previous_model_when_no_epoch_beats_it(monkeypatch) -> None:
-    method, states, _ = drive(monkeypatch, [0.8, 0.5, 0.8, 0.7])
+def test_finetune_es_by_loss_keeps_the_lowest_loss_not_the_best_accuracy(monkeypatch) -> None:
+    accuracies, losses = [0.5, 0.9, 0.6, 0.7, 0.8], [1.0, 0.8, 0.5, 0.9, 0.5]
+    method, states, unasked = drive(monkeypatch, accuracies, losses)  # the default: loss
+    assert unasked["held_out_accuracy"] == accuracies  # never scored by accuracy
+    assert method.keeper.epoch == 2  # the lowest loss, the earlier of a tie
+    assert same_state(method.deployed().state_dict(), states[2])
+    assert method.phase_facts() == {"kept_epoch": 2, "held_out_loss": 0.5}
+    method, states, _ = drive(monkeypatch, accuracies, losses, criterion="accuracy")
+    assert method.keeper.epoch == 1 and same_state(method.deployed().state_dict(), states[1])
+
+
+@pytest.mark.parametrize("criterion, scores", [("accuracy", [0.8, 0.5, 0.8, 0.7]),
+                                               ("loss", [0.4, 0.6, 0.4, 0.5])])
+def test_finetune_es_keeps_the_previous_model_when_no_epoch_beats_it(
+        monkeypatch, criterion: str, scores: list[float]) -> None:
+    given = {"accuracies" if criterion == "accuracy" else "losses": scores}
+    method, states, _ = drive(monkeypatch, **given, criterion=criterion)
     assert method.keeper.epoch == 0
     assert same_state(method.deployed().state_dict(), states[0])
 
 
 def test_finetune_es_stops_scoring_after_patience(monkeypatch) -> None:
     method, states, unasked = drive(monkeypatch, [0.5, 0.7, 0.6, 0.6, 0.95, 0.99],
+                                    patience=2, criterion="accuracy")
+    # Epochs after the stop are neither scored nor kept.
+    assert unasked["held_out_accuracy"] == [0.95, 0.99]
+    assert same_state(method.deployed().state_dict(), states[1])
+    method, states, unasked = drive(monkeypatch, losses=[0.9, 0.5, 0.6, 0.5, 0.1],
                                     patience=2)
-    assert unasked == [0.95, 0.99]  # epochs after the stop are neither scored nor kept
+    assert unasked["held_out_loss"] == [0.1]
     assert same_state(method.deployed().state_dict(), states[1])
 
 
@@ -264,6 +308,10 @@ def test_best_keeper_counts_epochs_without_improvement() -> None:
     for epoch, score in enumerate([0.3, 0.2, 0.2, 0.1, 0.1]):
         keeper.offer(epoch, score, model)
     assert (keeper.epoch, keeper.since_best, keeper.stopped) == (0, 4, False)
+    lowest = BestKeeper(patience=0, lower_is_better=True)
+    for epoch, score in enumerate([0.3, 0.2, 0.2, 0.4]):
+        lowest.offer(epoch, score, model)
+    assert (lowest.epoch, lowest.score, lowest.since_best) == (1, 0.2, 2)
 
 
 # ---- end to end ------------------------------------------------------------------------
@@ -284,7 +332,8 @@ def test_each_baseline_runs_two_phases_through_the_cli(tmp_path: Path,
         assert run["uses_old_data"] is False
         assert all(np.isfinite(p["acc_test"]) for p in run["phases"])
     part = runs["ewc"]["phases"][0]["n_train"]  # all of D(1)
-    assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.1 * part)
-    # The kept epoch lands in results.json: 0 (M(t-1) itself) up to the phase's epochs
-    # (toy_args: phase.epochs=2).
-    assert all(p["kept_epoch"] in (0, 1, 2) for p in runs["finetune-es"]["phases"])
+    assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.2 * part)
+    # The kept epoch and its held-out loss land in results.json: 0 (M(t-1) itself) up to
+    # the phase's epochs (toy_args: phase.epochs=2).
+    assert all(p["kept_epoch"] in (0, 1, 2) and p["held_out_loss"] > 0
+               for p in runs["finetune-es"]["phases"])

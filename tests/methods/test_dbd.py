@@ -205,11 +205,41 @@ def test_variants_fix_their_switches() -> None:
         create_method("dbd-nofl", {"fl": True})
 
 
-def test_a_budget_inside_the_freezing_period_is_refused() -> None:
+def test_a_budget_shorter_than_the_freezing_period_is_refused() -> None:
     method = create_method("dbd", {"freeze_epochs": 10})
     with pytest.raises(InstilError, match="nothing would be consolidated"):
-        method.check_budget(TrainConfig(epochs=10))
-    create_method("dbd-nokc", {"freeze_epochs": 10}).check_budget(TrainConfig(epochs=10))
+        method.check_budget(TrainConfig(epochs=9))
+    method.check_budget(TrainConfig(epochs=10))  # one step, after the last epoch
+    create_method("dbd-nokc", {"freeze_epochs": 10}).check_budget(TrainConfig(epochs=9))
+
+
+# (epochs E, freeze E_f, EMA steps): after epochs E_f, ..., E (METHOD.md §2.5), written out.
+EMA_STEPS = [(3, 1, 3), (3, 2, 2), (3, 3, 1), (12, 10, 3), (4, 0, 4)]
+
+
+@pytest.mark.parametrize(("epochs", "freeze", "steps"), EMA_STEPS)
+def test_a_phase_consolidates_after_epochs_ef_to_e(monkeypatch, epochs: int, freeze: int,
+                                                   steps: int) -> None:
+    import instil.methods.dbd as dbd_module
+    from instil.engine.fit import fit
+
+    from .phase_data import TensorBatches
+
+    after_epoch: list[int] = []
+    real = dbd_module.consolidate
+
+    def counted(teacher, student, alpha):
+        after_epoch.append(method.epochs_done)
+        real(teacher, student, alpha)
+
+    monkeypatch.setattr(dbd_module, "consolidate", counted)
+    method = started(freeze_epochs=freeze, alpha=0.5)
+    g = torch.Generator().manual_seed(0)
+    batches = TensorBatches(torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 3, 4, True)
+    fit(method, batches, TrainConfig(epochs=epochs, lr=0.01), "test")
+    assert len(after_epoch) == steps == dbd_module.ema_steps_per_phase(epochs, freeze)
+    assert after_epoch == list(range(epochs - steps + 1, epochs + 1))
+    assert method.phase_facts() == {"ema_steps": steps}
 
 
 VARIANTS = ["dbd", "dbd-nofl", "dbd-nodis", "dbd-nokc", "dbd-dis-only"]

@@ -4,6 +4,8 @@ methods end to end."""
 from __future__ import annotations
 
 import json
+import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +102,13 @@ def test_er_trains_on_the_new_part_and_the_memory() -> None:
     er, split = started("er", mlp(), data, per_class=3)
     memory = er.memory.indices()
     assert len(memory) == 9 and set(memory.tolist()) <= set(split.part(0).tolist())
-    indices = er.train_indices(split, 1)
-    assert sorted(indices.tolist()) == sorted([*split.part(1).tolist(), *memory.tolist()])
+    # Batch replay draws the memory beside the new data; mixed replay shuffles it in.
+    assert np.array_equal(er.train_indices(split, 1), split.part(1))
+    mixed, _ = started("er", mlp(), data, per_class=3, replay="mixed")
+    indices = mixed.train_indices(split, 1)
+    assert sorted(indices.tolist()) == \
+        sorted([*split.part(1).tolist(), *mixed.memory.indices().tolist()])
+    assert mixed.stream is None
     er.end_phase()
     after = set(er.memory.indices().tolist())
     assert len(after) == 9 and after <= set(split.part(0).tolist()) | set(split.part(1).tolist())
@@ -110,9 +117,93 @@ def test_er_trains_on_the_new_part_and_the_memory() -> None:
     assert np.array_equal(again.memory.indices(), memory)
 
 
+class Recorder(nn.Module):
+    """The toy MLP, recording every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.inputs = mlp(), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.inner(x)
+
+
+def indexed_data(n: int = 120, num_classes: int = 3) -> TensorData:
+    """Samples whose first feature is their own index, so a batch tells which samples it
+    holds."""
+    y = torch.arange(n) % num_classes
+    x = torch.stack([torch.arange(n, dtype=torch.float32), y.float()], 1)
+    return TensorData(x, y, num_classes)
+
+
+def rows(x: torch.Tensor) -> list[int]:
+    return x[:, 0].long().tolist()
+
+
+@pytest.mark.parametrize("replay_batch_size, expected", [(3, 3), (0, 9)])
+def test_er_trains_every_batch_with_a_memory_batch_in_one_forward(
+        replay_batch_size: int, expected: int) -> None:
+    """Beside each new batch, `replay_batch_size` exemplars (0: the phase's batch size of 16,
+    more than the 9 exemplars: all of them), in the same forward and mean."""
+    data = indexed_data()
+    er, split = started("er", Recorder(), data, per_class=3,
+                        replay_batch_size=replay_batch_size)
+    memory = set(er.memory.indices().tolist())
+    er.trainable().train()
+    new = split.part(1)[:5]
+    x, y = data.x[new], data.y[new]
+    for _ in range(4):
+        loss = er.loss(x, y)
+        seen = er.model.inputs[-1]
+        assert len(er.model.inputs) == 1  # one forward for both
+        er.model.inputs.clear()
+        assert rows(seen[:5]) == new.tolist()
+        replayed = rows(seen[5:])
+        assert len(replayed) == expected and set(replayed) <= memory
+        assert len(set(replayed)) == expected  # a batch, not a draw with replacement
+        # The mean over new and replayed together, on one batch (BatchNorm sees both).
+        labels = torch.cat([y, data.y[replayed]])
+        by_hand = -torch.log_softmax(er.model.inner(seen), 1)[torch.arange(5 + expected),
+                                                               labels].mean()
+        assert torch.allclose(loss, by_hand)
+
+
+def test_er_memory_batches_cycle_through_the_memory_epoch_after_epoch() -> None:
+    data = indexed_data()
+    er, _ = started("er", mlp(), data, per_class=3, replay_batch_size=4)
+    memory = er.memory.indices().tolist()
+    draws = [rows(er.stream.draw()[0]) for _ in range(12)]
+    enough = math.ceil(len(memory) / 4) + 1
+    assert set(sum(draws[:enough], [])) == set(memory)
+    # The test data keeps an epoch's last partial batch: 4 + 4 + 1 exemplars.
+    first, second = sum(draws[:3], []), sum(draws[3:6], [])
+    assert sorted(first) == sorted(second) == sorted(memory)
+    assert first != second  # every epoch is reshuffled
+    assert (er.stream.epoch, er.stream.position) == (3, 3)
+
+
+@pytest.mark.parametrize("drawn", [2, 3])  # mid-epoch, and at the end of an epoch
+def test_er_pickled_mid_phase_draws_the_memory_batch_the_original_would(drawn: int) -> None:
+    data = indexed_data()
+    er, _ = started("er", mlp(), data, per_class=3, replay_batch_size=4)
+    x, y = data.x[:5], data.y[:5]
+    er.trainable().train()
+    for _ in range(drawn):
+        er.loss(x, y)
+    copy = pickle.loads(pickle.dumps(er))
+    for _ in range(4):
+        original, restored = er.stream.draw(), copy.stream.draw()
+        assert torch.equal(original[0], restored[0]) and torch.equal(original[1], restored[1])
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(InstilError, match="method_options.er.per_class"):
         create_method("er", {"per_class": 0})
+    with pytest.raises(InstilError, match="method_options.er.replay="):
+        create_method("er", {"replay": "reservoir"})
+    with pytest.raises(InstilError, match="method_options.er.replay_batch_size"):
+        create_method("er", {"replay_batch_size": -1})
     with pytest.raises(InstilError, match="method_options.icarl.kd_weight"):
         create_method("icarl", {"kd_weight": -1.0})
 
@@ -184,7 +275,10 @@ def test_er_and_icarl_run_two_phases_through_the_cli(tmp_path: Path,
         assert run["uses_old_data"] is True
         assert [p["phase"] for p in run["phases"]] == [1, 2]
         for p, ft in zip(run["phases"], finetune["phases"]):
-            assert ft["n_train"] < p["n_train"] <= ft["n_train"] + 3 * per_class
+            if name == "er":  # the memory is replayed beside D(t), not in it
+                assert p["n_train"] == ft["n_train"]
+            else:
+                assert ft["n_train"] < p["n_train"] <= ft["n_train"] + 3 * per_class
         assert run["parameters"] == finetune["parameters"]
     assert "head_acc_test" in runs["icarl"]["phases"][0]
 

@@ -92,7 +92,7 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
     when given. `on_progress` receives the loop's state after every epoch."""
     module = method.trainable()
     device = next(module.parameters()).device
-    optimizer = make_optimizer(module, cfg)
+    optimizer = method.optimizer(module, cfg) or make_optimizer(module, cfg)
     scaler = grad_scaler(device, speed.precision)
     w = world()
     swapped = to_sync_batchnorm(module) if w.distributed and speed.sync_batchnorm else []

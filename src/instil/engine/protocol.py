@@ -148,10 +148,17 @@ class SourceData:
     def num_classes(self) -> int:
         return self.source.bundle.num_classes
 
-    def batches(self, indices: np.ndarray, train: bool = False) -> Batches:
-        plan = (BatchPlan(self.batch_size, train=True, seed=self.seed) if train
-                else BatchPlan(self.eval_batch_size, train=False))
-        return self.source.batches("train", indices, plan)
+    def batches(self, indices: np.ndarray, train: bool = False, batch_size: int | None = None,
+                seed: int = 0) -> Batches:
+        size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        if not train:
+            return self.source.batches("train", indices, BatchPlan(size, train=False))
+        # A method's own stream (seed != 0, e.g. er's memory batches) differs on every rank
+        # under torchrun, as the engine's batches do; the phase's own stays alike on all.
+        if seed:
+            seed = derive_seed(self.seed, seed, world().rank)
+        return self.source.batches("train", indices,
+                                   BatchPlan(size, train=True, seed=seed or self.seed))
 
     def labels(self, indices: np.ndarray) -> torch.Tensor:
         return self.source.labels("train", indices)
@@ -199,6 +206,8 @@ def method_for(config: Config, name: str) -> Method:
 def planned_epochs(config: Config, methods: list[Method]) -> int:
     per_seed = config.base.epochs
     for method in methods:
+        if method.base_trainer() is not None:  # its own M(0), when not cached yet
+            per_seed += config.base.epochs
         budget = method.budget(config.base, config.phase)
         per_seed += budget.epochs * sum(method.runs_phase(t, config.n_phases)
                                         for t in range(1, config.n_phases + 1))
@@ -285,10 +294,13 @@ def ran_on(device: torch.device) -> str:
     return f"{describe_device(device)}, {world().size} process(es)"
 
 
-def base_model(session: Session, split: IILSplit) -> nn.Module:
-    """M(0) for this order seed: from the cache, or trained on D(0) and cached."""
+def base_model(session: Session, split: IILSplit, trainer: Method | None = None) -> nn.Module:
+    """M(0) for this order seed: from the cache, or trained on D(0) and cached. `trainer`
+    is a method's own base training (PODNet's cosine classifier); None: the shared M(0),
+    plain fine-tuning of a fresh model."""
     config = session.config
     model = session.new_model(split.order_seed, "base", 0)
+    tag = base_tag(trainer)
     key = base_key({
         "fingerprint": split.fingerprint, "model": config.model, "base": config.base,
         "data": (config.data.name, config.data.image_size, config.data.crop_padding,
@@ -296,38 +308,53 @@ def base_model(session: Session, split: IILSplit) -> nn.Module:
         "seed": config.seed, "order_seed": split.order_seed,
         # Only when not fp32, so that the keys of models trained before the switch hold.
         **({"precision": config.precision} if config.precision != "fp32" else {}),
+        # Only for a method's own base training, so that the shared M(0)'s keys hold.
+        **({"trainer": tag, "trainer_options": options_of(trainer)} if trainer else {}),
     }, split.base)
     path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
+    if trainer is not None:  # its architecture differs: load into what it trains
+        model = trainer.architecture(model, base_context(session, split, tag))
     # Rank 0's cache decides (other machines may not share its disk); it sends the weights.
     meta = broadcast_object(load_base(path, model) if world().main else None)
+    name = f"M(0) of order seed {split.order_seed}" + (f" ({tag})" if trainer else "")
     if meta is not None:
         broadcast_state(model)
         session.bar.update(config.base.epochs)
         # The key leaves out the device and thread count (a cached model stays valid on
         # another machine), yet they change floating-point sums and so M(0) slightly: the
         # log says which one a run started from.
-        session.log(f"M(0) of order seed {split.order_seed} from the cache {path} (trained "
+        session.log(f"{name} from the cache {path} (trained "
                     f"on {meta.get('trained_on', 'an unrecorded device')})")
         return model
-    model, seconds = train_base(session, split, model)
+    model, seconds = train_base(session, split, model, trainer)
     if world().main:
         save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds,
                                 "trained_on": ran_on(session.device)})
-    session.log(f"M(0) of order seed {split.order_seed} cached as {path}")
-    state_path(session.out, "base", split.order_seed, world()).unlink(missing_ok=True)
+    session.log(f"{name} cached as {path}")
+    state_path(session.out, tag, split.order_seed, world()).unlink(missing_ok=True)
     return model
 
 
-def train_base(session: Session, split: IILSplit, model: nn.Module
-               ) -> tuple[nn.Module, float]:
-    """Trains M(0) on D(0) by fine-tuning `model`; with --resume, from the epoch an
-    interrupted training saved last (base training is the longest phase of a run). Returns
-    M(0) and the seconds this call trained."""
+def base_tag(trainer: Method | None) -> str:
+    """The name of a base training in logs, resume states and cache keys."""
+    return "base" if trainer is None else f"base-{trainer.label}"
+
+
+def base_context(session: Session, split: IILSplit, tag: str) -> PhaseContext:
+    return phase_context(session, split, 0, tag, session.config.base)
+
+
+def train_base(session: Session, split: IILSplit, model: nn.Module,
+               trainer: Method | None = None) -> tuple[nn.Module, float]:
+    """Trains M(0) on D(0) by fine-tuning `model` (or with a method's own base `trainer`);
+    with --resume, from the epoch an interrupted training saved last (base training is the
+    longest phase of a run). Returns M(0) and the seconds this call trained."""
     config = session.config
-    path = state_path(session.out, "base", split.order_seed, world())
+    tag = base_tag(trainer)
+    path = state_path(session.out, tag, split.order_seed, world())
     externals = {"session": session, "source": session.source}
-    fresh = Finetune()
-    state = interrupted_run(session, "base", split.order_seed, fresh) if session.resume \
+    fresh = trainer or Finetune()
+    state = interrupted_run(session, tag, split.order_seed, fresh) if session.resume \
         else None
     trainer = fresh if state is None else state.method
     if state is not None:
@@ -337,10 +364,11 @@ def train_base(session: Session, split: IILSplit, model: nn.Module
         save_state(path, RunState(config.to_dict(), trainer, [], 0, progress, rng_state()),
                    externals)
 
-    seconds, _ = train_phase(session, trainer, split, 0, model, "base", config.base,
+    seconds, _ = train_phase(session, trainer, split, 0, model, tag, config.base,
                              None if state is None else state.progress,
                              epoch_saver(config.state_every_seconds, config.base.epochs, saved))
     session.log(f"M(0) of order seed {split.order_seed} trained"
+                + (f" ({tag})" if tag != "base" else "")
                 + (" (resumed)" if state is not None else "") + f" in {seconds:.1f} s")
     return trainer.deployed(), seconds
 
@@ -415,10 +443,12 @@ def run_method(session: Session, method: Method, start: SeedStart,
                     f"nfr {metrics['nfr']:.2f} ({seconds:.1f} s)")
     deployed = method.deployed()
     ref = start.ref
+    own = {"reference": {"name": start.reference, "acc_test": ref.acc_test,
+                         "acc_base": ref.acc_base, **start.shift}} if start.reference else {}
     record = {"method": method.label, "order_seed": split.order_seed,
               "uses_old_data": method.uses_old_data,
               "parameters": sum(p.numel() for p in deployed.parameters()),
-              "base": {"acc_test": ref.acc_test, "acc_base": ref.acc_base, **start.shift},
+              "base": start.base_scores, **own,
               "phases": state.phases,
               "wall_seconds": wall_before + time.perf_counter() - started,
               # Timings compare only between runs on the same machine and threads.
@@ -467,12 +497,18 @@ def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> 
 
 @dataclass(frozen=True)
 class SeedStart:
-    """Where every method of one order seed starts: the split, M(0) and M(0)'s scores."""
+    """Where a method of one order seed starts: the split, M(0), and the scores its metrics
+    are measured against (the shared M(0)'s, or its own reference's)."""
 
     split: IILSplit
     m0: nn.Module
     ref: Reference
-    shift: dict[str, float]  # M(0)'s acc_shift on a sub-population-shift stream
+    shift: dict[str, float]  # the reference's acc_shift on a sub-population-shift stream
+    # The shared M(0)'s scores, recorded as every run's "base" (what the reports print).
+    base_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Names the method's own reference when it is not the shared M(0) (iCaRL's nearest-mean
+    # classifier on M(0), PODNet's own M(0)); "" for the shared one.
+    reference: str = ""
 
 
 @contextlib.contextmanager
@@ -516,10 +552,36 @@ def start_seed(session: Session, order_seed: int) -> SeedStart:
     m0 = base_model(session, split)
     if config.save_models:
         save_model(session, m0, f"m0-{order_seed}", [])
+    ref, shift = scores_of(session, m0, split)
+    return SeedStart(split, m0, ref, shift, {"acc_test": ref.acc_test,
+                                             "acc_base": ref.acc_base, **shift})
+
+
+def scores_of(session: Session, model: nn.Module, split: IILSplit
+              ) -> tuple[Reference, dict[str, float]]:
+    """What later models are measured against: `model`'s scores on the evaluation part and
+    on D(0), and its acc_shift on a shift stream."""
     base_idx = split.part(0)
-    ref = reference(session.predict_eval(m0, split), session.eval_labels(split),
-                    session.predict(m0, "train", base_idx), source.labels("train", base_idx))
-    return SeedStart(split, m0, ref, shift_accuracy(session, m0, split))
+    ref = reference(session.predict_eval(model, split), session.eval_labels(split),
+                    session.predict(model, "train", base_idx),
+                    session.source.labels("train", base_idx))
+    return ref, shift_accuracy(session, model, split)
+
+
+def method_start(session: Session, method: Method, shared: SeedStart) -> SeedStart:
+    """Where `method` starts: the shared M(0), or its own base training's M(0); measured
+    against the shared M(0), or the reference the method names (METHOD.md §1's metrics
+    compare a model with the M(0) it grew from, in the classifier it deploys)."""
+    split, trainer = shared.split, method.base_trainer()
+    m0 = shared.m0 if trainer is None else base_model(session, split, trainer)
+    ctx = base_context(session, split, method.label)
+    reference_model, name = method.reference_model(m0, ctx)
+    if trainer is None and reference_model is shared.m0:
+        return shared
+    ref, shift = scores_of(session, reference_model, split)
+    session.log(f"{method.label} order seed {split.order_seed}: measured against {name} "
+                f"(acc_test {ref.acc_test:.2f}, acc_base {ref.acc_base:.2f})")
+    return SeedStart(split, m0, ref, shift, shared.base_scores, name)
 
 
 def shift_accuracy(session: Session, model: nn.Module, split: IILSplit) -> dict[str, float]:
@@ -644,7 +706,8 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                 check_same(None if state is None else (state.phase, state.progress and
                                                        state.progress.epochs_done),
                            f"{name} order seed {order_seed}: the point to resume from")
-                run, model = run_method(session, method, start, state)
+                run, model = run_method(session, method, method_start(session, method, start),
+                                        state)
                 if config.save_models:
                     save_final_model(session, model, start.m0, f"{name}-{order_seed}",
                                      run["phases"])

@@ -33,9 +33,12 @@ class PhaseData(Protocol):
 
     num_classes: int
 
-    def batches(self, indices: np.ndarray, train: bool = False) -> Batches:
+    def batches(self, indices: np.ndarray, train: bool = False, batch_size: int | None = None,
+                seed: int = 0) -> Batches:
         """Batches of `indices`: in order and unaugmented, or (train=True) shuffled and
-        augmented as the engine's training batches are."""
+        augmented as the engine's training batches are, of `batch_size` (default: the
+        phase's) and with their order and augmentation drawn from `seed` (mixed with the
+        phase's own seed, so two streams of one phase differ)."""
         ...
 
     def labels(self, indices: np.ndarray) -> torch.Tensor:
@@ -80,6 +83,19 @@ class Method:
     def check_budget(self, budget: TrainConfig) -> None:
         """Refuses, before any training, a budget the method cannot work with."""
 
+    # What the engine asks before the first phase.
+    def base_trainer(self) -> BaseTraining | None:
+        """This method's own training of M(0) on D(0), when the method assumes a base model
+        of its own (PODNet's cosine classifier); None: the run's shared M(0)."""
+        return None
+
+    def reference_model(self, m0: nn.Module, ctx: PhaseContext) -> tuple[nn.Module, str]:
+        """The model (and its name) that pp, f and nfr measure this method against: M(0)
+        itself, or M(0) in the classifier the method deploys (iCaRL's nearest mean of
+        exemplars), so that a metric measures learning, not a switch of classifier. `ctx`
+        is phase 0's (D(0) and the training data)."""
+        return m0, "M(0)"
+
     # What the engine asks before a phase.
     def runs_phase(self, phase: int, n_phases: int) -> bool:
         return True
@@ -90,6 +106,11 @@ class Method:
 
     def budget(self, base: TrainConfig, phase: TrainConfig) -> TrainConfig:
         return phase
+
+    def optimizer(self, module: nn.Module, budget: TrainConfig) -> torch.optim.Optimizer | None:
+        """The optimiser of the phase's training, or None for the engine's SGD with the
+        budget's settings. A method overrides it only to follow its authors' optimiser."""
+        return None
 
     # The phase itself.
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
@@ -132,3 +153,14 @@ class Method:
         """Numbers the method measured during the phase (e.g. the epoch early stopping
         kept), recorded beside the phase's metrics in results.json."""
         return {}
+
+
+class BaseTraining(Method):
+    """A method's own base training on D(0) (see Method.base_trainer): it gives M(0) its
+    architecture, then trains it as a phase; its label names the cache entry."""
+
+    def architecture(self, model: nn.Module, ctx: PhaseContext) -> nn.Module:
+        """`model`, freshly initialised with the config's architecture, turned into this
+        base model's (e.g. another head); called before training and before loading a cached
+        M(0), so it must not depend on D(0)'s content beyond its classes."""
+        return model

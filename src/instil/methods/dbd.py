@@ -157,6 +157,14 @@ def ema_tensors(model: nn.Module) -> list[torch.Tensor]:
     return [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
 
 
+def ema_steps_per_phase(epochs: int, freeze_epochs: int) -> int:
+    """Consolidation steps of a phase with the EMA at the end of each epoch (METHOD.md
+    §2.5): after epochs E_f, E_f + 1, ..., E, i.e. E − E_f + 1 (12 epochs with E_f = 10 give
+    3). E_f = 0 consolidates after every epoch (a step at the phase's start, where S = T,
+    would change nothing); a phase shorter than E_f takes none."""
+    return max(0, epochs - max(freeze_epochs, 1) + 1)
+
+
 @torch.no_grad()
 def consolidate(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """θ_T ← α·θ_T + (1 − α)·θ_S, in place, over parameters and floating-point buffers."""
@@ -170,9 +178,9 @@ class DBD(Method):
     options_type = DBDOptions
 
     def check_budget(self, budget: TrainConfig) -> None:
-        if self.options.kc and budget.epochs <= self.options.freeze_epochs:
+        if self.options.kc and budget.epochs < self.options.freeze_epochs:
             raise InstilError(
-                f"{self.label}: phase.epochs={budget.epochs} does not exceed freeze_epochs="
+                f"{self.label}: phase.epochs={budget.epochs} is below freeze_epochs="
                 f"{self.options.freeze_epochs}, so nothing would be consolidated; raise "
                 f"phase.epochs or lower method_options.{self.label}.freeze_epochs")
 
@@ -180,6 +188,7 @@ class DBD(Method):
         self.teacher = copy.deepcopy(previous).eval().requires_grad_(False)
         self.student = copy.deepcopy(previous).requires_grad_(True)
         self.epochs_done = 0
+        self.ema_steps = 0  # consolidations in this phase (METHOD.md §2.5 counts them)
 
     def trainable(self) -> nn.Module:
         return self.student
@@ -261,13 +270,22 @@ class DBD(Method):
     def after_step(self, step: int) -> None:
         k = self.options.ema_every
         if k and self.consolidating() and (step + 1) % k == 0:
-            consolidate(self.teacher, self.student, self.options.alpha)
+            self.consolidate()
 
     def end_epoch(self, epoch: int) -> None:
         self.epochs_done = epoch + 1
-        # The epoch that ends the freezing period is the first to consolidate.
+        # The epoch that ends the freezing period is the first to consolidate: after epochs
+        # E_f, E_f + 1, ..., E, i.e. E - E_f + 1 steps (`ema_steps_per_phase`).
         if not self.options.ema_every and self.consolidating():
-            consolidate(self.teacher, self.student, self.options.alpha)
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        consolidate(self.teacher, self.student, self.options.alpha)
+        self.ema_steps += 1
+
+    def phase_facts(self) -> dict[str, float]:
+        # Recorded so that a run shows how much of the student reached the teacher.
+        return {"ema_steps": self.ema_steps} if self.options.kc else {}
 
     def deployed(self) -> nn.Module:
         return self.teacher if self.options.kc else self.student

@@ -18,16 +18,27 @@ once, replays a reservoir-sampled buffer, and trains a projection head beside th
 
 IIL adaptation (METHOD.md §3: "single pass with a replay buffer"). Every class is old, so
 there are no new heads and the classifier keeps its classes:
-- one pass over each D(t): `budget()` is the phase budget with epochs = 1. That is OnPro's
-  protocol (a single-pass stream), not a cheaper budget; the optimiser, learning rate and
-  schedule stay the phase's, so a warm-up of one epoch or more covers the whole pass;
+- one pass over each D(t) at the authors' batch size, optimiser and learning rate: `budget()`
+  is the phase budget with epochs = 1, batch_size = `batch_size` (10) incoming samples per
+  step, lr = `lr` (5e-4), weight_decay = `weight_decay` (1e-4), a constant rate and no
+  warm-up, and `optimizer()` is the authors' Adam(betas=(0.9, 0.99)). So a phase takes
+  |D(t)| / batch_size steps, the authors' single pass over a task (fmnist-iil10: a phase of
+  3000 samples is 300 steps). The authors keep one Adam over all tasks; here each phase's
+  network is a new copy of M(t-1), so the method keeps Adam's state (moments and step
+  count) at a phase's end and loads it into the next phase's Adam, a plain state dict that
+  pickles with the method for --resume. `optimizer: sgd` instead trains with the engine's
+  SGD and the phase budget's batch size, learning rate and schedule (one pass), as before;
 - the buffer (`buffer_per_class` × classes samples) starts as what a reservoir over D(0)
   would hold: a uniform random subset of D(0), with D(0)'s size counted as seen. It then
-  runs on across every phase: each step replays as many buffer samples as the incoming
-  batch has, then reservoir-updates the buffer with the incoming batch;
+  runs on across every phase: each step replays `replay_batch_size` (64, the authors'
+  buffer batch) buffer samples, or all when it holds fewer, then reservoir-updates the
+  buffer with the incoming batch;
 - the cross-entropy covers the incoming batch and the mixed replay batch. In the class-
   incremental paper the incoming batch gets no cross-entropy after the first task (against
   the bias towards new classes); IIL has no new classes, and D(t) is what must be learnt;
+- the incoming batch, the replayed one, both their second views and the mixed replay go
+  through the network in one forward pass, as all views do in the authors' code: BatchNorm
+  normalises with, and updates its running statistics from, that concatenated batch;
 - the projection head (an MLP on the classifier's features) is created at phase 1 and kept
   across phases; it is trained with the classifier and never deployed.
 
@@ -35,9 +46,13 @@ Simplifications, each for size or because the stream is not the paper's:
 - the buffer holds device tensors of normalised samples: D(0)'s unaugmented, an incoming
   batch's as the engine augmented it (the authors store unaugmented images; the engine hands
   `loss()` augmented batches only);
-- the second view is a random crop (zero padding `view_padding`) and flip of the normalised
-  batch for images, Gaussian jitter (`view_noise`) for feature vectors; the authors use a
-  resized crop, flip and random grey;
+- the second view of images is the authors' random resized crop (area scale in
+  [`view_scale_min`, 1], aspect ratio in [3/4, 4/3], the box always inside the image, so no
+  padding), horizontal flip and random grey (`view_grey`), done on the whole normalised
+  batch on the device with one bilinear grid sample. The grey is the 0.299/0.587/0.114
+  weighted mean of the normalised channels, not the luminance of the raw image (the batch is
+  already normalised); a 1-channel image stays as it is. Feature vectors get Gaussian
+  jitter (`view_noise`);
 - OCM's instance loss is the plain supervised contrastive loss over the two views of the
   incoming and the (unmixed) replay batch; OCM's 16-fold rotation augmentation and its
   projection-to-feature-slice similarity are left out;
@@ -50,6 +65,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +74,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from instil.config import TrainConfig
-from instil.data.augment import random_crop, random_flip
 from instil.errors import InstilError
 from instil.methods import register_method
 from instil.methods.base import Method, PhaseContext
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -79,9 +96,19 @@ class OnProOptions:
     mixup_lower: float = 0.0  # random mixing weight ~ U(lower, upper)
     mixup_upper: float = 0.6
     mixup_alpha: float = 0.4  # feedback mixing weight ~ Beta(alpha, alpha)
-    view_padding: int = 4  # second view of images: random crop with this padding ...
-    view_flip: bool = True  # ... and a random horizontal flip
+    # Second view of images, authors' code: a random resized crop of at least this share of
+    # the area, a random horizontal flip and random grey with this probability.
+    view_scale_min: float = 0.3
+    view_flip: bool = True
+    view_grey: float = 0.25
     view_noise: float = 0.1  # second view of feature vectors: Gaussian jitter
+    # Authors' code: Adam(lr 5e-4, betas (0.9, 0.99), weight decay 1e-4), constant rate,
+    # 10 incoming and 64 replayed samples a step. "sgd": the engine's SGD and phase budget.
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 10
+    replay_batch_size: int = 64
 
     def __post_init__(self) -> None:
         where = "method_options.onpro"
@@ -97,8 +124,22 @@ class OnProOptions:
             raise InstilError(f"{where}.mixup_lower <= mixup_upper must both lie in [0, 1]")
         if self.mixup_alpha <= 0:
             raise InstilError(f"{where}.mixup_alpha={self.mixup_alpha}: must be positive")
-        if self.view_padding < 0 or self.view_noise < 0:
-            raise InstilError(f"{where}.view_padding and view_noise must be >= 0")
+        if not 0 < self.view_scale_min <= 1:
+            raise InstilError(f"{where}.view_scale_min={self.view_scale_min}: must lie in (0, 1]")
+        if not 0 <= self.view_grey <= 1:
+            raise InstilError(f"{where}.view_grey={self.view_grey}: must lie in [0, 1]")
+        if self.view_noise < 0:
+            raise InstilError(f"{where}.view_noise={self.view_noise}: must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise InstilError(f"{where}.optimizer={self.optimizer!r}: choose one of "
+                              f"{', '.join(OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise InstilError(f"{where}.lr={self.lr}: must be positive")
+        if self.weight_decay < 0:
+            raise InstilError(f"{where}.weight_decay={self.weight_decay}: must be >= 0")
+        for key in ("batch_size", "replay_batch_size"):
+            if getattr(self, key) < 1:
+                raise InstilError(f"{where}.{key}={getattr(self, key)}: must be at least 1")
 
 
 # --- the replay buffer -----------------------------------------------------------------------
@@ -301,11 +342,80 @@ def mixed_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tens
     return ((1 - lam) * ce_a + lam * ce_b).mean()
 
 
+# --- the second view ------------------------------------------------------------------------
+
+# torchvision's RandomResizedCrop: aspect ratios, log-uniform, and tries per sample before
+# falling back to the whole image.
+CROP_RATIO = (3 / 4, 4 / 3)
+CROP_TRIES = 10
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def resized_crop_boxes(n: int, height: int, width: int, scale_min: float,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, a box inside the image as RandomResizedCrop draws it: area share in
+    [scale_min, 1], aspect ratio log-uniform in CROP_RATIO, position uniform; the first of
+    CROP_TRIES draws that fits, else the whole image. Returns the boxes' sizes and centres as
+    fractions of the image side, each n × 2 in (x, y) order; sizes are not rounded to pixels,
+    as the crop is resampled anyway."""
+    area = scale_min + (1 - scale_min) * torch.rand(n, CROP_TRIES, generator=generator)
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, CROP_TRIES, generator=generator))
+    # In pixels w = sqrt(A·r), h = sqrt(A / r) with A = area·H·W; as fractions of the sides:
+    w = torch.sqrt(area * ratio * height / width)
+    h = torch.sqrt(area / ratio * width / height)
+    fits = (w <= 1) & (h <= 1)
+    first = fits.int().argmax(1, keepdim=True)  # 0 when none fits; masked below
+    found = fits.any(1)
+    size = torch.stack([w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]], 1)
+    size = torch.where(found[:, None], size, torch.ones_like(size))
+    # The box's left (top) edge is uniform in [0, 1 - size]: its centre in [size/2, 1 - size/2].
+    centre = size / 2 + (1 - size) * torch.rand(n, 2, generator=generator)
+    return size, centre
+
+
+def resized_crop_and_flip(x: torch.Tensor, size: torch.Tensor, centre: torch.Tensor,
+                          flip: torch.Tensor) -> torch.Tensor:
+    """Each image's box (fractions of the sides, see `resized_crop_boxes`) resampled to the
+    full size with bilinear interpolation, mirrored where `flip`: one affine grid sample for
+    the whole batch. Boxes lie inside the image, so nothing is padded; "border" only keeps the
+    outermost half pixel of a zoomed box from blending with zeros."""
+    n = x.shape[0]
+    theta = x.new_zeros(n, 2, 3)
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates in [-1, 1].
+    theta[:, 0, 0] = torch.where(flip, -size[:, 0], size[:, 0])
+    theta[:, 1, 1] = size[:, 1]
+    theta[:, :, 2] = 2 * centre - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_grey(x: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+    """The 3-channel images where `grey` with every channel replaced by the weighted mean of
+    the channels; images of another channel count stay as they are."""
+    if x.shape[1] != len(GREY_WEIGHTS):
+        return x
+    weights = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device)
+    luma = (x * weights[:, None, None]).sum(1, keepdim=True)
+    return torch.where(grey[:, None, None, None], luma.expand_as(x), x)
+
+
 def second_view(x: torch.Tensor, o: OnProOptions, generator: torch.Generator) -> torch.Tensor:
-    """Another augmentation of a normalised batch, for the contrastive terms."""
+    """Another augmentation of a normalised batch, for the contrastive terms: for images the
+    authors' resized crop, flip and random grey; for feature vectors Gaussian jitter. Random
+    numbers come from `generator` on the host, so a run repeats on any device."""
     if x.dim() == 4:
-        x = random_crop(x, o.view_padding, generator)
-        return random_flip(x, generator) if o.view_flip else x
+        n, _, height, width = x.shape
+        size, centre = resized_crop_boxes(n, height, width, o.view_scale_min, generator)
+        flip = torch.rand(n, generator=generator) < (0.5 if o.view_flip else 0.0)
+        grey = torch.rand(n, generator=generator) < o.view_grey
+        view = resized_crop_and_flip(x, size.to(x.device, x.dtype), centre.to(x.device, x.dtype),
+                                     flip.to(x.device))
+        view = random_grey(view, grey.to(x.device)).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            view = view.contiguous(memory_format=torch.channels_last)
+        return view
     if o.view_noise == 0:
         return x
     return x + o.view_noise * torch.randn(x.shape, generator=generator).to(x.device)
@@ -348,10 +458,38 @@ class OnPro(Method):
         # The last replay batch's prototypes, for APF (carried on across phases like the
         # buffer: they come from the same network).
         self.prototypes: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The authors' one Adam over all tasks: this phase's, and its state carried on.
+        self.adam: torch.optim.Optimizer | None = None
+        self.adam_state: dict | None = None
 
     def budget(self, base: TrainConfig, phase: TrainConfig) -> TrainConfig:
         # OnPro's protocol is a single pass over the stream, not a cheaper budget.
-        return dataclasses.replace(phase, epochs=1)
+        one_pass = dataclasses.replace(phase, epochs=1)
+        if self.options.optimizer == "sgd":
+            return one_pass
+        o = self.options
+        return dataclasses.replace(one_pass, batch_size=o.batch_size, lr=o.lr,
+                                   weight_decay=o.weight_decay, schedule="constant",
+                                   warmup_epochs=0)
+
+    def optimizer(self, module: nn.Module, budget: TrainConfig) -> torch.optim.Optimizer | None:
+        if self.options.optimizer == "sgd":
+            return None
+        adam = torch.optim.Adam(module.parameters(), lr=budget.lr, betas=(0.9, 0.99),
+                                weight_decay=budget.weight_decay)
+        if self.adam_state is not None:
+            # The moments and step counts go on; the settings are this budget's.
+            adam.load_state_dict({"state": self.adam_state["state"],
+                                  "param_groups": adam.state_dict()["param_groups"]})
+        self.adam = adam
+        return adam
+
+    def end_phase(self) -> None:
+        # A state dict, not the optimiser: it pickles with the method, and the next phase's
+        # parameters (a new copy of the classifier, the same projector) come in the same order.
+        if self.adam is not None:
+            self.adam_state = self.adam.state_dict()
+            self.adam = None
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
         ctx.require_data(self.label, "fill its buffer")
@@ -398,7 +536,7 @@ class OnPro(Method):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o, k, n = self.options, self.num_classes, len(y)
-        bx, by = self.buffer.sample(n)  # as many replayed samples as incoming ones
+        bx, by = self.buffer.sample(o.replay_batch_size)
         replay = self.replay_batch(bx, by)
         # One pass through the network for every term: BatchNorm sees one batch per step.
         parts = [x, self.view(x), bx, self.view(bx), self.view(replay.x)]

@@ -25,7 +25,12 @@ exemplars with
 Adapted to IIL (every class is old, no new heads):
 - PODNet weighs POD by sqrt(#seen classes / #new classes); with no new classes that ratio
   has no meaning, so lambda_spatial and lambda_flat are fixed (paper: 3 and 1 on CIFAR-100).
-- M(0) comes from the engine with a linear head. At phase 1 the head is replaced by an LSC
+- M(0): `podnet` starts from the run's shared M(0), which has a linear head; `podnet-lsc`
+  (base="lsc") from an M(0) of its own, the base model PODNet assumes: the config's network
+  with the LSC head (proxies drawn as a linear layer's weights, η = eta_init) trained on D(0)
+  with the NCA loss alone under the base budget, as the authors train their first task;
+  cached like the shared M(0) (its key names this base training and its options). Its
+  metrics are measured against that M(0). For `podnet`, at phase 1 the head is replaced by an LSC
   imprinted from class features, as PODNet creates the weights of every class it adds: the
   normalised M(0) embeddings of D(1) ∪ the exemplars, per class clustered into K proxies
   by spherical k-means (the authors' "imprinted + k-means" setting). Initialising from the
@@ -61,12 +66,13 @@ from torch import nn
 
 from instil.data.split import IILSplit
 from instil.errors import InstilError
-from instil.methods import register_method
-from instil.methods.base import Method, PhaseContext, PhaseData
+from instil.methods import register_method, register_variant
+from instil.methods.base import BaseTraining, Method, PhaseContext, PhaseData
 from instil.methods.memory import ExemplarMemory, embed, herding_selector
 from instil.models.resnet import BasicBlock
 
 FLAT_DISTANCES = ("cosine", "l2")
+BASES = ("shared", "lsc")
 # Lloyd iterations of the proxy imprinting; k-means on a few hundred vectors settles fast.
 KMEANS_ITERATIONS = 20
 
@@ -81,6 +87,8 @@ class PODNetOptions:
     eta_init: float = 2.0
     flat_distance: str = "cosine"  # the authors' code; "l2" as the paper writes it
     per_class: int = 20  # exemplars per class (the usual 20 of CIFAR-100 work)
+    # shared: the run's M(0) (linear head, imprinted LSC at phase 1); lsc: its own M(0).
+    base: str = "shared"
 
     def __post_init__(self) -> None:
         if self.lambda_spatial < 0 or self.lambda_flat < 0:
@@ -96,6 +104,9 @@ class PODNetOptions:
                               f"one of {', '.join(FLAT_DISTANCES)}")
         if self.per_class < 1:
             raise InstilError(f"method_options.podnet.per_class={self.per_class}: must be >= 1")
+        if self.base not in BASES:
+            raise InstilError(f"method_options.podnet.base={self.base!r}: one of "
+                              f"{', '.join(BASES)}")
 
 
 # --- stage outputs -----------------------------------------------------------------------
@@ -255,6 +266,53 @@ def lsc_from_linear(model: nn.Module, data: PhaseData, indices: np.ndarray,
     return LocalSimilarityClassifier(proxies, data.num_classes, options.eta_init)
 
 
+def random_lsc(num_features: int, num_classes: int, options: LSCBaseOptions,
+               device: torch.device) -> LocalSimilarityClassifier:
+    """An LSC with proxies drawn as a linear layer's weights (std 1/sqrt(features), as the
+    authors' Kaiming init with a linear gain), from torch's seeded generator."""
+    proxies = torch.randn(num_classes * options.proxies, num_features, device=device)
+    return LocalSimilarityClassifier(proxies / num_features ** 0.5, num_classes,
+                                     options.eta_init)
+
+
+@dataclass(frozen=True)
+class LSCBaseOptions:
+    """The options of PODNet that its base training depends on (and its cache key)."""
+
+    proxies: int = 10
+    margin: float = 0.6
+    eta_init: float = 2.0
+
+
+class LSCBaseTraining(BaseTraining):
+    """PODNet's own M(0): the network with an LSC head, trained on D(0) with the NCA loss."""
+
+    name = "podnet-lsc-base"
+    options_type = LSCBaseOptions
+
+    def architecture(self, model: nn.Module, ctx: PhaseContext) -> nn.Module:
+        if not isinstance(getattr(model, "head", None), nn.Linear):
+            raise InstilError(f"podnet: expects a model with a linear head, got "
+                              f"{type(model).__name__}")
+        model.head = random_lsc(model.num_features, model.head.out_features, self.options,
+                                next(model.parameters()).device)
+        return model
+
+    def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
+        self.model = previous.requires_grad_(True)
+
+    def trainable(self) -> nn.Module:
+        return self.model
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        head = self.model.head
+        return nca_loss(head.similarities(self.model.features(x)), head.eta, y,
+                        self.options.margin)
+
+    def deployed(self) -> nn.Module:
+        return self.model
+
+
 @register_method
 class PODNet(Method):
     name = "podnet"
@@ -282,6 +340,19 @@ class PODNet(Method):
         if not isinstance(self.student.head, LocalSimilarityClassifier):
             seen = np.concatenate([self.new, self.memory.indices()])
             self.student.head = lsc_from_linear(self.student, ctx.data, seen, self.options)
+
+    def base_trainer(self) -> BaseTraining | None:
+        if self.options.base != "lsc":
+            return None
+        o = self.options
+        trainer = LSCBaseTraining(LSCBaseOptions(o.proxies, o.margin, o.eta_init))
+        trainer.label = self.label  # the cache entry and logs name the variant
+        return trainer
+
+    def reference_model(self, m0: nn.Module, ctx: PhaseContext) -> tuple[nn.Module, str]:
+        if self.options.base == "lsc":
+            return m0, "its own M(0) (LSC head, NCA loss on D(0))"
+        return m0, "M(0)"
 
     def train_indices(self, split: IILSplit, phase: int) -> np.ndarray:
         return self.memory.with_part(split.part(phase))
@@ -313,3 +384,6 @@ class PODNet(Method):
     def phase_facts(self) -> dict[str, float]:
         # The learned scale: it must stay positive (see the NCA margin above).
         return {"eta": self.student.head.eta.item()}
+
+
+register_variant("podnet-lsc", PODNet, base="lsc")

@@ -1,0 +1,26 @@
+# The loop shared by the sweeps of docs/tuning.md (sourced, not run). Each point is
+# "name|methods|extra --set items (space-separated)"; it runs fmnist-iil10 with order seed 0,
+# scored on a validation slice of 10% held out of the *training* data (validation_fraction),
+# never on the test set. Resumable: a point whose results.json is complete is skipped, an
+# interrupted one goes on (--resume). One point at a time: two torch runs on 2 cores slow
+# each other several-fold.
+INSTIL=${INSTIL:-.venv/bin/instil}
+OUT=${OUT:-runs/tune}
+COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --no-progress)
+
+run_points() {
+  local point name methods extra dir item
+  for point in "$@"; do
+    IFS='|' read -r name methods extra <<<"$point"
+    dir="$OUT/$name"
+    if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/results.json"; then
+      echo "skip $name (done)"; continue
+    fi
+    local sets=(--set "methods=$methods")
+    for item in $extra; do sets+=(--set "$item"); done
+    echo "== $name"
+    # A point that fails (a refused or diverging setting) is a result too: say so, go on.
+    "$INSTIL" run configs/fmnist-iil10.yaml --out "$dir" --resume "${COMMON[@]}" "${sets[@]}" \
+      || echo "!! $name failed (exit $?): its log above says why"
+  done
+}
