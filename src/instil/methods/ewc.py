@@ -7,9 +7,11 @@ continual learning", ICML 2018 (one running Fisher matrix instead of one per tas
 Adapted to IIL (every class is an old class, no new heads): a "task" is a phase's data. The
 diagonal Fisher F is estimated on the data of the phase that just ended, with the model that
 phase produced: on D(0) with M(0) when phase 1 begins, then on D(t) with M(t) when phase t
-ends. It is accumulated online, F ← gamma·F + (|D(t)|/|D(0)|)·F_new (F_new is a per-sample
-mean, so the weight sums evidence by sample count), and the anchor θ* is M(t-1), the
-parameters at the end of the previous phase. Phase t trains from M(t-1) with
+ends. "No old data" holds with that caveat: phase 1 reads D(0) once, to do what the end of
+base training would have done (a deployed model would ship its Fisher with it); no later
+phase reads an earlier part. It is accumulated online, F ← gamma·F + (|D(t)|/|D(0)|)·F_new
+(F_new is a per-sample mean, so the weight sums evidence by sample count), and the anchor θ*
+is M(t-1), the parameters at the end of the previous phase. Phase t trains from M(t-1) with
 
     loss = CE(S(x), y) + (lambda_ewc / 2) · Σ_i F_i · (θ_i − θ*_i)²
 
