@@ -56,3 +56,45 @@ def test_invalid_values_are_refused() -> None:
         load_config(None, ["base.schedule=linear"])
     with pytest.raises(InstilError, match="lr=0.0"):
         load_config(None, ["phase.lr=0"])
+
+
+def test_method_budgets_change_one_methods_phase_budget_only() -> None:
+    from instil.config import phase_budget
+    from instil.engine.protocol import budget_of, create_methods
+
+    config = load_config(Path("configs/fmnist-iil10.yaml"),
+                         ["methods=[finetune, lwf, onpro]",
+                          "method_budgets={finetune: {lr: 0.003, epochs: 4}, onpro: {lr: 0.1}}"])
+    finetune, lwf, onpro = create_methods(config)
+    assert (budget_of(config, finetune).lr, budget_of(config, finetune).epochs) == (0.003, 4)
+    assert budget_of(config, finetune).batch_size == config.phase.batch_size  # the rest kept
+    assert budget_of(config, lwf) == config.phase
+    # A method's own adaptation applies after the change: onpro's one pass, its Adam's lr.
+    assert phase_budget(config, "onpro").lr == 0.1 and budget_of(config, onpro).epochs == 1
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("method_budgets={finetun: {lr: 0.1}}", "method_budgets.finetun: no such method"),
+    ("method_budgets={finetune: {lrr: 0.1}}", "method_budgets.finetune.lrr"),
+    ("method_budgets={finetune: {lr: -1}}", "lr=-1"),
+])
+def test_bad_method_budgets_are_refused(item: str, message: str) -> None:
+    from instil.engine.protocol import create_methods
+
+    config = load_config(Path("configs/fmnist-iil10.yaml"), ["methods=[finetune]", item])
+    with pytest.raises(InstilError, match=message):
+        create_methods(config)
+
+
+def test_a_run_records_each_methods_budget(tmp_path: Path, toy_args: list[str]) -> None:
+    import json
+
+    from instil.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+                 "--set", "order_seeds=[0]", "--set", "methods=[finetune, lwf]",
+                 "--set", "method_budgets={finetune: {epochs: 1, lr: 0.05}}"]) == 0
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert (runs["finetune"]["budget"]["epochs"], runs["finetune"]["budget"]["lr"]) == (1, 0.05)
+    assert (runs["lwf"]["budget"]["epochs"], runs["lwf"]["budget"]["lr"]) == (2, 0.01)

@@ -116,9 +116,24 @@ class Config:
     phase: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01))
     # Per-method options, validated against each method's own options dataclass.
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-method changes of the phase budget, e.g. {finetune: {lr: 0.003}}: a baseline's
+    # tuned learning rate or epochs (docs/tuning.md); a method not named keeps `phase`.
+    method_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def phase_budget(config: Config, method: str) -> TrainConfig:
+    """The phase budget of `method`: `phase` with the keys method_budgets.<method> changes."""
+    changes = config.method_budgets.get(method)
+    if not changes:
+        return config.phase
+    if not isinstance(changes, dict):
+        raise InstilError(f"config key 'method_budgets.{method}' must be a mapping of phase "
+                          f"keys, e.g. {{lr: 0.003}}, got {changes!r}")
+    return from_dict(TrainConfig, {**_shallow(config.phase), **changes},
+                     f"method_budgets.{method}")
 
 
 def load_config(path: Path | None, overrides: list[str] = ()) -> Config:

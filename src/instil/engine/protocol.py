@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from instil.checkpoint import of_model, save_checkpoint
-from instil.config import Config, TrainConfig, from_dict, save_config
+from instil.config import Config, TrainConfig, from_dict, phase_budget, save_config
 from instil.data import load_dataset
 from instil.data.base import DataBundle
 from instil.data.loaders import Batches, BatchPlan, DataSource
@@ -56,7 +56,7 @@ from instil.engine.precision import check_precision
 from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
 from instil.io import atomic_write_json
-from instil.methods import create_method, options_for
+from instil.methods import METHODS, create_method, options_for
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
@@ -191,12 +191,22 @@ def prepare_output(out: Path) -> None:
 def create_methods(config: Config) -> list[Method]:
     """Builds every method up front, so a typo in a name or option fails before training."""
     methods = [method_for(config, name) for name in config.methods]
+    unknown = sorted(set(config.method_budgets) - set(METHODS))
+    if unknown:
+        raise InstilError(f"method_budgets.{unknown[0]}: no such method; known: "
+                          f"{', '.join(sorted(METHODS))}")
     for method in methods:
-        method.check_budget(method.budget(config.base, config.phase))
+        method.check_budget(budget_of(config, method))
         if config.compile and not method.compiles():
             raise InstilError(f"compile: {method.label}'s loss cannot be compiled with its "
                               "options (dbd: set lean=false), or set compile=false")
     return methods
+
+
+def budget_of(config: Config, method: Method) -> TrainConfig:
+    """The budget `method` trains each phase with: the phase budget, changed for this method
+    by method_budgets, then as the method adapts it (onpro's one pass)."""
+    return method.budget(config.base, phase_budget(config, method.label))
 
 
 def method_for(config: Config, name: str) -> Method:
@@ -208,7 +218,7 @@ def planned_epochs(config: Config, methods: list[Method]) -> int:
     for method in methods:
         if method.base_trainer() is not None:  # its own M(0), when not cached yet
             per_seed += config.base.epochs
-        budget = method.budget(config.base, config.phase)
+        budget = budget_of(config, method)
         per_seed += budget.epochs * sum(method.runs_phase(t, config.n_phases)
                                         for t in range(1, config.n_phases + 1))
     return per_seed * len(config.order_seeds)
@@ -397,7 +407,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
     its last deployed model. Saves its state for --resume after every epoch and phase."""
     config, split = session.config, start.split
     path = state_path(session.out, method.label, split.order_seed, world())
-    budget = method.budget(config.base, config.phase)
+    budget = budget_of(config, method)
     externals = {"session": session, "source": session.source}
     if state is None:
         state = RunState(config.to_dict(), method, [], 0, None)
@@ -449,6 +459,8 @@ def run_method(session: Session, method: Method, start: SeedStart,
               "uses_old_data": method.uses_old_data,
               "parameters": sum(p.numel() for p in deployed.parameters()),
               "base": start.base_scores, **own,
+              # The phase budget it trained with (method_budgets may change a method's).
+              "budget": dataclasses.asdict(budget),
               "phases": state.phases,
               "wall_seconds": wall_before + time.perf_counter() - started,
               # Timings compare only between runs on the same machine and threads.
