@@ -8,7 +8,8 @@ their resolved configs must agree on everything but `order_seeds` and `methods`,
 on one seed does not depend on which other methods ran beside it (each starts from the
 seed's M(0)); a seed that ran fewer methods adds to those methods' counts only. The
 merged folder is what `instil run` would have written: a results.json (listing its
-sources), config.yaml, the manifests, summary.md and curves.png. Saved models stay in
+sources), config.yaml, the manifests, summary.md and curves.png, written under the folder's
+lock (instil.lock), as a run writes its own. Saved models stay in
 their source folders, which results.json names. `methods` keeps only some methods (e.g. dbd
 and its ablations out of folders that also ran the baselines), in the order given.
 """
@@ -23,6 +24,7 @@ import yaml
 
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
+from instil.lock import folder_lock
 from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
@@ -107,8 +109,7 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
     results; `methods` (None: all) picks the methods to merge."""
     if len(folders) < 2:
         raise InstilError("merge needs at least two run folders")
-    if (out / "results.json").exists():
-        raise InstilError(f"{out / 'results.json'} exists; choose another --out")
+    refuse_existing(out)
     results = [read_results(folder) for folder in folders]
     if methods is not None:
         methods = list(dict.fromkeys(methods))
@@ -124,18 +125,25 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
     if len(set(names)) != len(names):
         raise InstilError(f"{out}: two folders hold the same manifest "
                           f"({sorted({n for n in names if names.count(n) > 1})[0]})")
-    out.mkdir(parents=True, exist_ok=True)
-    for manifest, _ in manifests:
-        shutil.copyfile(manifest, out / manifest.name)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    rows = summarise(runs)
     complete = all(r.get("complete", False) if methods is None else covers_config(r)
                    for r in results)
     merged = {"config": config, "complete": complete,
               "acc_test_on": results[0].get("acc_test_on", "test"), "runs": runs,
-              "summary": rows, "merged_from": [str(f) for f in folders]}
-    atomic_write_json(out / "results.json", merged)
-    note = "" if complete else \
-        "Not every merged run is complete: this covers the runs results.json holds."
-    write_summary(out, config["name"], runs, note)
+              "summary": summarise(runs), "merged_from": [str(f) for f in folders]}
+    # One writer: a run or another merge into `out` meanwhile is refused, and the check
+    # that `out` holds no run is made again under the lock.
+    with folder_lock(out):
+        refuse_existing(out)
+        for manifest, _ in manifests:
+            shutil.copyfile(manifest, out / manifest.name)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write_json(out / "results.json", merged)
+        note = "" if complete else \
+            "Not every merged run is complete: this covers the runs results.json holds."
+        write_summary(out, config["name"], runs, note)
     return merged
+
+
+def refuse_existing(out: Path) -> None:
+    if (out / "results.json").exists():
+        raise InstilError(f"{out / 'results.json'} exists; choose another --out")

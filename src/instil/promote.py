@@ -56,6 +56,7 @@ from instil.engine.precision import check_precision
 from instil.engine.protocol import Session, method_for, options_of, prepare_output, train_phase
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
+from instil.lock import file_lock
 from instil.methods.base import Method
 
 HOLDOUT_FRACTION = 0.2  # of --new-data, per class, when no --holdout is given
@@ -466,7 +467,13 @@ def build_report(request: PromoteRequest, config: Config, method: Method, device
 def promote(request: PromoteRequest) -> Outcome:
     """Runs one phase from the checkpoint's model, scores it, writes the reports and, when
     the gate passes, the promoted checkpoint (atomically). Every check of the input comes
-    before any training."""
+    before any training. The whole promotion holds --out's lock (NEW_CKPT.lock beside it):
+    a second promotion to the same --out is refused rather than racing this one."""
+    with file_lock(request.out):
+        return promote_locked(request)
+
+
+def promote_locked(request: PromoteRequest) -> Outcome:
     check_outputs(request)
     ckpt = open_checkpoint(request)
     config = promotion_config(request, ckpt)

@@ -139,3 +139,16 @@ def test_per_step_consolidation_keeps_the_replicas_equal(tmp_path: Path) -> None
     mp.spawn(run_rank, args=(free_port(), args, record), nprocs=2)
     assert [json.loads(Path(f"{record}.rank{r}.json").read_text())["code"]
             for r in (0, 1)] == [0, 0]
+
+
+def test_a_busy_run_folder_stops_every_rank_at_once(tmp_path: Path) -> None:
+    """Rank 0 alone takes the run folder's lock; refused, it tells the other ranks, which
+    stop with it rather than wait for a rank 0 that has left."""
+    from instil.lock import folder_lock
+
+    record = str(tmp_path / "busy")
+    with folder_lock(tmp_path / "busy"):  # this test process plays the other writer
+        mp.spawn(run_rank, args=(free_port(), toy(tmp_path, 32, "busy"), record), nprocs=2)
+    ranks = [json.loads(Path(f"{record}.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [2, 2]
+    assert ranks[0]["written"] == ranks[1]["written"] == []

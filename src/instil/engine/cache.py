@@ -3,6 +3,11 @@
 Every method of a run, and every later run with the same data, split, model and base
 budget, starts from the same M(0). The key hashes all of these, D(0)'s exact indices
 included, so a changed setting can never pick up a stale model.
+
+Runs share the cache at the same time: an entry is written atomically (a reader sees the
+old file or the whole new one), the protocol holds a lock beside an entry while it trains
+it (another run needing that M(0) waits and loads it), and an entry that cannot be read
+whole is trained again, never loaded.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from instil.errors import InstilError
 from instil.io import atomic_write_bytes
 
 # Bump when base training changes in a way that changes its result.
@@ -39,18 +44,25 @@ def base_key(parts: dict[str, Any], base_indices: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def load_base(path: Path, model: nn.Module) -> dict[str, Any] | None:
+def load_base(path: Path, model: nn.Module, log: Callable[[str], None]
+              ) -> dict[str, Any] | None:
     """Loads a cached M(0) into `model` and returns what was saved with it (its meta), or
-    None when there is none. Tensors only, no code."""
+    None when there is none. Tensors only, no code. An entry that cannot be read whole (a
+    truncated file, a disk error, another format) is never half-loaded: `model` keeps its
+    weights, `log` says why, and None sends the caller to train it again (its atomic save
+    then replaces the entry)."""
     if not path.exists():
         return None
+    original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-    except Exception as e:  # any unreadable cache entry is a user-fixable state, not a bug
-        raise InstilError(f"{path}: unreadable cached base model ({type(e).__name__}); "
-                          "delete it to retrain") from None
-    return dict(state.get("meta") or {})
+        return dict(state.get("meta") or {})
+    except Exception as e:  # any unreadable cache entry is retrained, never trusted
+        model.load_state_dict(original)
+        log(f"{path}: unreadable cached base model ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); training it again")
+        return None
 
 
 def save_base(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:

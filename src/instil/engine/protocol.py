@@ -1,8 +1,9 @@
 """The instance-incremental protocol: for each order seed, M(0) then every method's phases.
 
 Files written into the output folder: config.yaml (resolved), manifest-<seed>.json,
-results.json (rewritten after every method, so an interrupted run keeps what finished),
-summary.md and curves.png.
+results.json (rewritten after every method, so an interrupted run keeps what finished:
+engine.results), summary.md and curves.png. One process writes the folder at a time: a run
+holds its lock (instil.lock) from before its first read to its end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from instil.checkpoint import of_model, save_checkpoint
-from instil.config import Config, TrainConfig, from_dict, phase_budget, save_config
+from instil.config import Config, TrainConfig, phase_budget, save_config
 from instil.data import load_dataset
 from instil.data.base import DataBundle
 from instil.data.loaders import Batches, BatchPlan, DataSource
@@ -53,15 +54,15 @@ from instil.engine.evaluate import predict
 from instil.engine.fit import OnProgress, Progress, Speed, fit
 from instil.engine.memory_format import channels_last_choice, meta_model
 from instil.engine.precision import check_precision
+from instil.engine.results import check_same_protocol, write_results
 from instil.engine.resume import RunState, load_state, save_state, state_path
 from instil.errors import InstilError
-from instil.io import atomic_write_json
+from instil.lock import file_lock_file, folder_lock, waiting_lock
 from instil.methods import METHODS, create_method, options_for
 from instil.methods.base import Method, PhaseContext
 from instil.methods.finetune import Finetune
 from instil.metrics import Reference, accuracy, phase_metrics, reference
 from instil.models import create_model
-from instil.report import flatten, summarise, write_summary
 
 
 def channels_last_of(config: Config, bundle: DataBundle, device: torch.device
@@ -324,25 +325,40 @@ def base_model(session: Session, split: IILSplit, trainer: Method | None = None)
     path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
     if trainer is not None:  # its architecture differs: load into what it trains
         model = trainer.architecture(model, base_context(session, split, tag))
-    # Rank 0's cache decides (other machines may not share its disk); it sends the weights.
-    meta = broadcast_object(load_base(path, model) if world().main else None)
     name = f"M(0) of order seed {split.order_seed}" + (f" ({tag})" if trainer else "")
-    if meta is not None:
-        broadcast_state(model)
-        session.bar.update(config.base.epochs)
-        # The key leaves out the device and thread count (a cached model stays valid on
-        # another machine), yet they change floating-point sums and so M(0) slightly: the
-        # log says which one a run started from.
-        session.log(f"{name} from the cache {path} (trained "
-                    f"on {meta.get('trained_on', 'an unrecorded device')})")
-        return model
-    model, seconds = train_base(session, split, model, trainer)
-    if world().main:
-        save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds,
-                                "trained_on": ran_on(session.device)})
+    with cache_entry_lock(session, path, name):
+        # Rank 0's cache decides (other machines may not share its disk); it sends the
+        # weights.
+        meta = broadcast_object(load_base(path, model, session.log) if world().main else None)
+        if meta is not None:
+            broadcast_state(model)
+            session.bar.update(config.base.epochs)
+            # The key leaves out the device and thread count (a cached model stays valid on
+            # another machine), yet they change floating-point sums and so M(0) slightly:
+            # the log says which one a run started from.
+            session.log(f"{name} from the cache {path} (trained "
+                        f"on {meta.get('trained_on', 'an unrecorded device')})")
+            return model
+        model, seconds = train_base(session, split, model, trainer)
+        if world().main:
+            save_base(path, model, {"order_seed": split.order_seed, "train_seconds": seconds,
+                                    "trained_on": ran_on(session.device)})
     session.log(f"{name} cached as {path}")
     state_path(session.out, tag, split.order_seed, world()).unlink(missing_ok=True)
     return model
+
+
+def cache_entry_lock(session: Session, path: Path, name: str
+                     ) -> contextlib.AbstractContextManager:
+    """Rank 0 holds the cache entry `path` (<key>.pt.lock beside it) from its look-up to its
+    save: another run that needs the same M(0) meanwhile waits, then loads it, rather than
+    training it a second time."""
+    if not world().main:
+        return contextlib.nullcontext()
+    lock = file_lock_file(path)
+    return waiting_lock(lock, lambda holder: session.log(
+        f"waiting for another process training {name} ({holder}); it will be loaded from "
+        f"the cache once written (lock {lock})"))
 
 
 def base_tag(trainer: Method | None) -> str:
@@ -494,19 +510,6 @@ def save_final_model(session: Session, model: nn.Module, m0: nn.Module, name: st
     save_model(session, model, name, history)
 
 
-def write_results(session: Session, runs: list[dict[str, Any]], final: bool) -> dict[str, Any]:
-    rows = summarise(runs)
-    scored_on = "validation" if session.config.validation_fraction > 0 else "test"
-    results = {"config": session.config.to_dict(), "complete": final, "acc_test_on": scored_on,
-               "runs": runs, "summary": rows}
-    if not world().main:
-        return results
-    atomic_write_json(session.out / "results.json", results)
-    if final:
-        write_summary(session.out, session.config.name, runs)
-    return results
-
-
 @dataclass(frozen=True)
 class SeedStart:
     """Where a method of one order seed starts: the split, M(0), and the scores its metrics
@@ -605,31 +608,10 @@ def shift_accuracy(session: Session, model: nn.Module, split: IILSplit) -> dict[
     return {"acc_shift": accuracy(session.predict(model, "test", split.shift_test), labels)}
 
 
-# Config keys that may differ between a run and the one it resumes: they choose what runs,
-# not how (a finished (method, order seed) pair is kept as it is).
-RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds")
-
-
 def options_of(method: Method) -> dict[str, Any]:
     """The method's effective options, defaults included, as recorded in results.json."""
     options = method.options
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
-
-
-def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path) -> None:
-    """Refuses to resume from `path` when it was made with another protocol: any config key
-    other than RESUMABLE_KEYS differing (keys added since read as their defaults)."""
-    try:
-        old_config = from_dict(Config, old_config, "").to_dict()
-    except InstilError as e:
-        raise InstilError(f"{path}: its config no longer loads ({e}); use another --out"
-                          ) from None
-    new = flatten({k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS})
-    old = flatten({k: v for k, v in old_config.items() if k not in RESUMABLE_KEYS})
-    differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
-    if differing:
-        raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
-                          f"this run has {new.get(differing[0])!r}; use another --out")
 
 
 def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any]]:
@@ -687,16 +669,35 @@ def interrupted_run(session: Session, name: str, order_seed: int,
     return state
 
 
-def in_order(config: Config, records: dict[tuple[str, int], dict[str, Any]]
-             ) -> list[dict[str, Any]]:
-    """The records by order seed, then by method, as the config lists them."""
-    return [records[(name, seed)] for seed in config.order_seeds for name in config.methods
-            if (name, seed) in records]
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """One writer per run folder: rank 0 holds `out`'s lock for the whole job (the other
+    ranks never touch it), and tells the others whether it got it, so that a refused job
+    stops on every rank at once rather than leaving them waiting for rank 0."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if world().main:
+            try:
+                stack.enter_context(folder_lock(out))
+            except InstilError as e:
+                refusal = str(e)
+        refusal = broadcast_object(refusal)
+        if refusal is not None:
+            raise InstilError(refusal)
+        yield
 
 
 def run_protocol(config: Config, out: Path, show_progress: bool = True,
                  resume: bool = False) -> dict[str, Any]:
+    """Runs every method on every order seed of `config` into the run folder `out`, which
+    it holds locked against any other writer from before its first read to the end."""
     methods = create_methods(config)
+    with run_lock(out):
+        return run_locked(config, out, methods, show_progress, resume)
+
+
+def run_locked(config: Config, out: Path, methods: list[Method], show_progress: bool,
+               resume: bool) -> dict[str, Any]:
     kept = finished_runs(config, out, resume) if world().main else None
     finished = {(r["method"], r["order_seed"]): r for r in broadcast_object(kept)}
     # Every record known so far, the kept ones included from the start: results.json is
@@ -725,8 +726,8 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
                                      run["phases"])
                 run["options"] = options_of(method)
                 records[(name, order_seed)] = run
-                write_results(session, in_order(config, records), final=False)
+                write_results(config, out, records, final=False, log=session.log)
                 state_path(out, name, order_seed, world()).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the folder goes once the last state has
             (Path(out) / "state").rmdir()
-        return write_results(session, in_order(config, records), final=True)
+        return write_results(config, out, records, final=True, log=session.log)
