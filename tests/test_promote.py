@@ -17,7 +17,9 @@ from instil.checkpoint import build_model, load_checkpoint, of_model, save_check
 from instil.cli import main
 from instil.data.fmnist import CLASSES, MEAN, STD, load_fmnist
 from instil.models import create_model
-from instil.promote import Images, compare, gate, read_images, split_holdout
+from instil.promotion.folders import read_images
+from instil.promotion.labelled import Labelled, split_holdout
+from instil.promotion.report import compare, gate
 from tests.conftest import write_fmnist
 
 # DBD consolidates only after freeze_epochs, which must stay below --epochs.
@@ -261,8 +263,8 @@ def test_images_are_read_in_the_models_mode_and_size(tmp_path: Path) -> None:
 
 def test_compare_and_gate_by_hand() -> None:
     labels = torch.tensor([0, 0, 1, 1, 1])
-    holdout = Images([Path(f"{i}.png") for i in range(5)], labels,
-                     torch.zeros(5, 1, 2, 2, dtype=torch.uint8))
+    holdout = Labelled(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), labels,
+                       [f"{i}.png" for i in range(5)], "holdout")
     before = torch.tensor([0, 1, 1, 1, 0])  # right: 0, 2, 3
     after = torch.tensor([0, 0, 0, 1, 1])  # right: 0, 1, 3, 4
     scores = compare(before, after, holdout, ["a", "b", "c"])

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from instil.errors import InstilError
+from instil.errors import InstilError, ModelError
 from instil.io import atomic_write_bytes
 from instil.models import create_model
+from instil.models.zoo import check_arch, drop_auxiliary
 
 FORMAT = "instil-checkpoint"
 VERSION = 1
@@ -97,12 +98,18 @@ def build_model(ckpt: Checkpoint, where: Path | str) -> nn.Module:
                              **ckpt.model_options)
     except InstilError as e:
         raise InstilError(f"{where}: {e}") from None
-    load_weights(model, ckpt.state, where, ckpt.model)
+    load_weights(model, ckpt.state, where, describe_arch(ckpt), len(ckpt.classes))
     return model
 
 
+def describe_arch(ckpt: Checkpoint) -> str:
+    """The architecture as a user names it: torchvision's name for a "torchvision" model."""
+    return ckpt.model_options.get("arch", ckpt.model) if ckpt.model == "torchvision" \
+        else ckpt.model
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str,
-                 arch: str) -> None:
+                 arch: str, num_classes: int | str = "?") -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -112,29 +119,37 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: Path |
                   f"unexpected {unexpected[:3]}" if unexpected else
                   f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
                   f"{arch} expects {tuple(own[wrong[0]].shape)}")
-        raise InstilError(f"{where}: the weights are not those of a {arch} with "
-                          f"{model.head.out_features if hasattr(model, 'head') else '?'} "
-                          f"classes ({detail}); check --arch / --classes or the file")
+        raise ModelError(f"{where}: the weights are not those of a {arch} with {num_classes} "
+                         f"classes ({detail}); check --arch / --classes or the file")
     model.load_state_dict(state)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# instil's own registry entries for these (models.resnet): a Classifier that keeps
+# torchvision's body under `features` and its fc as `head`; their checkpoints exist.
+WRAPPED_RESNETS = ("resnet18", "resnet34", "resnet50")
 
 
 def from_torchvision(path: Path, arch: str, classes: list[str],
                      image_size: int = 224) -> Checkpoint:
-    """A torchvision ResNet state dict (fc = the classifier) as an instil checkpoint."""
+    """A state dict of torchvision's model `arch` (any name of
+    torchvision.models.list_models) as an instil checkpoint, with ImageNet normalisation."""
     path = Path(path)
+    if arch not in WRAPPED_RESNETS:
+        check_arch(arch)  # before reading: an unknown name is refused with the list
     state = load_tensors_only(path, "state dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                              for v in state.values()):
         raise InstilError(f"{path}: not a state dict (a mapping of names to tensors)")
-    # Our wrapper keeps torchvision's body under `features` and its fc as `head`.
-    renamed = {(f"head.{k[3:]}" if k.startswith("fc.") else f"features.{k}"): v
-               for k, v in state.items()}
-    ckpt = Checkpoint(arch, {}, (3, image_size, image_size), list(classes), IMAGENET_MEAN,
-                      IMAGENET_STD, renamed)
+    shape = (3, image_size, image_size)
+    if arch in WRAPPED_RESNETS:
+        renamed = {(f"head.{k[3:]}" if k.startswith("fc.") else f"features.{k}"): v
+                   for k, v in state.items()}
+        ckpt = Checkpoint(arch, {}, shape, list(classes), IMAGENET_MEAN, IMAGENET_STD, renamed)
+    else:
+        ckpt = Checkpoint("torchvision", {"arch": arch}, shape, list(classes), IMAGENET_MEAN,
+                          IMAGENET_STD, drop_auxiliary(arch, state))
     build_model(ckpt, path)  # refuses another architecture or class count now, not later
     return ckpt
 

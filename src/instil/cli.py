@@ -103,8 +103,8 @@ def add_promote_parsers(sub: argparse._SubParsersAction) -> None:
                          help="least holdout accuracy gain, in points (default 0.0)")
     promote.add_argument("--max-nfr", type=float, default=2.0, metavar="Y",
                          help="most negative flips, in %% of the holdout (default 2.0)")
-    promote.add_argument("--arch", help="architecture of a torchvision state dict, e.g. "
-                         "resnet18")
+    promote.add_argument("--arch", help="architecture of a torchvision state dict: any name "
+                         "of torchvision.models.list_models(), e.g. mobilenet_v3_small")
     promote.add_argument("--classes", type=Path, metavar="FILE",
                          help="class names of a torchvision state dict, one per line")
     promote.add_argument("--image-size", type=int, default=224,
@@ -132,7 +132,8 @@ def add_promote_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from instil.promote import PromoteRequest, promote, report_markdown
+    from instil.promotion.files import PromoteRequest, promote_checkpoint
+    from instil.promotion.report import report_markdown
 
     request = PromoteRequest(
         model=args.model, new_data=args.new_data, out=args.out, holdout=args.holdout,
@@ -141,7 +142,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides), device=args.device, seed=args.seed,
         min_gain=args.min_gain, max_nfr=args.max_nfr, report_dir=args.report,
         overwrite=args.overwrite, show_progress=not args.no_progress)
-    outcome = promote(request)
+    outcome = promote_checkpoint(request)
     print(report_markdown(outcome.report), end="")
     reports = " and ".join(str(p) for p in outcome.report_files)
     if not outcome.passed:

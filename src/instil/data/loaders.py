@@ -65,18 +65,22 @@ class Normaliser:
         self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:
-            return x.float()
-        x = x.float().div_(255)
-        if self.mean is not None:
-            x = x.sub_(self.mean).div_(self.std)
+        """uint8 images are scaled and normalised; floating-point data (features, or images
+        a user already prepared for the model) is taken as it is."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+            if self.mean is not None:
+                x = x.sub_(self.mean).div_(self.std)
+        else:
+            x = x.float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
 
 class TensorBatches:
-    """Batches of a device-resident tensor data set; augmentation applies to uint8 images."""
+    """Batches of a device-resident tensor data set; augmentation applies to images (N×C×H×W
+    batches, uint8 or floating point), never to feature vectors."""
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, indices: np.ndarray,
                  plan: BatchPlan, augment: DataConfig, normalise: Normaliser) -> None:
@@ -104,7 +108,7 @@ class TensorBatches:
         for b in range(len(self)):
             idx = order[b * bs:(b + 1) * bs]
             x = self.data[idx]
-            if self.plan.train and x.dtype == torch.uint8:
+            if self.plan.train and x.dim() == 4:
                 x = random_crop(x, self.augment.crop_padding, g)
                 if self.augment.flip:
                     x = random_flip(x, g)

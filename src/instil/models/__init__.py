@@ -1,4 +1,5 @@
-"""Models by name. Every model is a `Classifier`: a feature extractor and a linear head."""
+"""Models by name. instil's own are each a `Classifier` (a feature extractor and a linear
+head); "torchvision" is any torchvision classifier as it comes (models.zoo)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,6 @@ def create_model(name: str, input_shape: tuple[int, ...], num_classes: int,
 
 
 # Importing the modules registers their models.
-from instil.models import mlp, resnet  # noqa: E402,F401
+from instil.models import mlp, resnet, zoo  # noqa: E402,F401
 
 __all__ = ["MODELS", "Classifier", "create_model", "register_model"]

@@ -1,0 +1,156 @@
+"""What a promotion reports: holdout accuracy before and after (overall and per class), the
+negative and positive flips, and the gate that decides whether the promoted model is used.
+
+The report is one plain dict (what `instil promote` writes as NEW_CKPT.report.json and
+`instil.promote` returns as Promotion.report), printed as Markdown by `report_markdown`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from instil.promotion.labelled import Labelled
+
+LISTED_FLIPS = 20  # sample names listed per kind of flip
+
+
+def percent(hits: torch.Tensor) -> float | None:
+    return 100.0 * hits.sum().item() / len(hits) if len(hits) else None
+
+
+def flip_files(mask: torch.Tensor, holdout: Labelled, before: torch.Tensor,
+               after: torch.Tensor, classes: list[str]) -> list[dict[str, str]]:
+    return [{"path": holdout.names[i], "class": classes[int(holdout.labels[i])],
+             "before": classes[int(before[i])], "after": classes[int(after[i])]}
+            for i in torch.nonzero(mask).flatten()[:LISTED_FLIPS].tolist()]
+
+
+def compare(before: torch.Tensor, after: torch.Tensor, holdout: Labelled,
+            classes: list[str]) -> dict[str, Any]:
+    """Holdout accuracy before and after, per class, and the flips between the two."""
+    labels = holdout.labels
+    right_before, right_after = before == labels, after == labels
+    negative, positive = right_before & ~right_after, ~right_before & right_after
+    per_class = []
+    for k, name in enumerate(classes):
+        mask = labels == k
+        b, a = percent(right_before[mask]), percent(right_after[mask])
+        per_class.append({"class": name, "images": int(mask.sum()), "before": b, "after": a,
+                          "change": None if a is None else a - b})
+    n = len(labels)
+    # From counts, so that an unchanged model has a gain of exactly zero.
+    gain = 100.0 * (int(right_after.sum()) - int(right_before.sum())) / n
+    return {
+        "acc_before": percent(right_before), "acc_after": percent(right_after), "gain": gain,
+        "per_class": per_class,
+        "negative_flips": {"count": int(negative.sum()), "nfr": percent(negative),
+                           "files": flip_files(negative, holdout, before, after, classes)},
+        "positive_flips": {"count": int(positive.sum()), "rate": percent(positive),
+                           "files": flip_files(positive, holdout, before, after, classes)},
+    }
+
+
+def gate(gain: float, nfr: float, min_gain: float, max_nfr: float) -> tuple[bool, str]:
+    """Whether the promoted model may be used, and why, in one line."""
+    failed = []
+    if gain < min_gain:
+        failed.append(f"gain {gain:+.2f} points is below --min-gain {min_gain:.2f}")
+    if nfr > max_nfr:
+        failed.append(f"negative-flip rate {nfr:.2f}% exceeds --max-nfr {max_nfr:.2f}%")
+    if failed:
+        return False, " and ".join(failed)
+    return True, (f"gain {gain:+.2f} >= --min-gain {min_gain:.2f} and negative-flip rate "
+                  f"{nfr:.2f}% <= --max-nfr {max_nfr:.2f}%")
+
+
+def build_report(*, model: str, method: str, options: dict[str, Any], train: dict[str, Any],
+                 new: Labelled, fingerprint: str, holdout: Labelled, holdout_source: str,
+                 scores: dict[str, Any], min_gain: float, max_nfr: float,
+                 seconds: float) -> dict[str, Any]:
+    """The report: what ran on what, the scores and the gate's verdict. `model`, `arch` and
+    `out` describe the files of `instil promote` (it fills in the last two)."""
+    passed, reason = gate(scores["gain"], scores["negative_flips"]["nfr"], min_gain, max_nfr)
+    return {
+        "model": model, "arch": None, "out": None,
+        "method": method, "options": options, "train": train,
+        "new_data": {"folder": new.source, "images": len(new), "fingerprint": fingerprint},
+        "holdout": {"folder": holdout.source, "source": holdout_source,
+                    "images": len(holdout)},
+        **scores,
+        "gate": {"min_gain": min_gain, "max_nfr": max_nfr, "passed": passed,
+                 "reason": reason},
+        "train_seconds": seconds,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def fmt(value: float | None, sign: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.2f}" if sign else f"{value:.2f}"
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """The gate's line; with the file it wrote (or not) when the report names one."""
+    gate_ = report["gate"]
+    line = f"Gate: {'passed' if gate_['passed'] else 'failed'}: {gate_['reason']}"
+    if report.get("out") is None:
+        return line + "."
+    return line + (f"; wrote {report['out']}." if gate_["passed"]
+                   else f"; {report['out']} not written.")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: what ran, the per-class table, flips, the gate's verdict."""
+    train, new, hold = report["train"], report["new_data"], report["holdout"]
+    neg, pos = report["negative_flips"], report["positive_flips"]
+    lines = [
+        f"## Promotion of {report['model']} with {report['method']}",
+        "",
+        f"- new data: {new['folder']}, {new['images']} images trained on",
+        f"- holdout: {hold['source']}, {hold['images']} images",
+        f"- training: {train['epochs']} epochs, lr {train['lr']}, batch size "
+        f"{train['batch_size']}, crop padding {train['crop_padding']}, flip "
+        f"{'on' if train['flip'] else 'off'}, seed {train['seed']}; "
+        f"{report['train_seconds']:.1f} s on {train['device']}",
+        "",
+        "| class | holdout images | acc before | acc after | change |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in report["per_class"]:
+        lines.append(f"| {row['class']} | {row['images']} | {fmt(row['before'])} | "
+                     f"{fmt(row['after'])} | {fmt(row['change'], sign=True)} |")
+    lines += [
+        f"| **all** | {hold['images']} | {fmt(report['acc_before'])} | "
+        f"{fmt(report['acc_after'])} | **{fmt(report['gain'], sign=True)}** |",
+        "",
+        f"Negative flips (right before, wrong after): {neg['count']}, nfr "
+        f"{fmt(neg['nfr'])}% of the holdout. Positive flips (wrong before, right after): "
+        f"{pos['count']} ({fmt(pos['rate'])}%).",
+        "",
+        verdict(report),
+    ]
+    for title, flips in (("Negative", neg), ("Positive", pos)):
+        if flips["files"]:
+            shown = len(flips["files"])
+            lines += ["", f"### {title} flips"
+                      + (f" (first {shown} of {flips['count']})" if shown < flips["count"]
+                         else ""), ""]
+            lines += [f"- {f['path']} ({f['class']}; predicted {f['before']} before, "
+                      f"{f['after']} after)" for f in flips["files"]]
+    return "\n".join(lines) + "\n"
+
+
+def history_entry(report: dict[str, Any]) -> dict[str, Any]:
+    """The promotion as one entry of a checkpoint's history (plain data only)."""
+    keys = ("method", "options", "train", "new_data", "holdout", "acc_before", "acc_after",
+            "gain", "train_seconds", "date")
+    entry = {"kind": "promote", "from": report["model"], **{k: report[k] for k in keys}}
+    entry["nfr"] = report["negative_flips"]["nfr"]
+    entry["negative_flips"] = report["negative_flips"]["count"]
+    entry["positive_flips"] = report["positive_flips"]["count"]
+    entry["per_class"] = report["per_class"]
+    return entry
