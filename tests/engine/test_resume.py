@@ -3,13 +3,18 @@ method; a `kill -9` of a real process mid-phase included."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,8 +31,16 @@ RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_ep
                "--set", "state_every_seconds=0"]
 
 
+def run_record(out: Path) -> dict:
+    """The one run of results.json."""
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 1
+    return runs[0]
+
+
 def numbers(out: Path) -> list[dict]:
-    """Every metric of every phase of results.json, without the timings."""
+    """Every metric of every phase of results.json, without the timings (nor the epochs
+    this process trained, which a resume must cut down)."""
     runs = json.loads((out / "results.json").read_text())["runs"]
     return [{"method": r["method"], "parameters": r["parameters"], "base": r["base"],
              "phases": [{k: v for k, v in p.items() if k != "train_seconds"}
@@ -45,13 +58,17 @@ def test_resume_after_an_interruption_gives_the_same_numbers(
     args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
             "--set", f"methods=[{method}]"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = run_record(tmp_path / "whole")
+    assert whole["epochs_trained_here"] == whole["budget"]["epochs"] * len(whole["phases"])
 
     saves = []
     real_save = protocol.save_state
     # Saves: after epochs 1 and 2 of a phase (the last epoch's is the phase's own) and at
-    # its end. The 5th is one epoch into phase 2's second; joint trains once (epochs 1, 2,
-    # end): its 2nd is mid-phase; onpro makes one pass a phase: its 2nd is phase 2's end.
+    # its end. The 5th is one epoch into phase 2's second: 5 of 9 epochs trained; joint
+    # trains once (epochs 1, 2, end): its 2nd is mid-phase, 2 of 3; onpro makes one pass a
+    # phase: its 2nd is phase 2's end, 2 of 3.
     stop_at = 2 if method in ("joint", "onpro") else 5
+    trained_before_the_cut = 2 if method in ("joint", "onpro") else 5
 
     def save_then_stop(*a, **k) -> None:
         real_save(*a, **k)
@@ -70,6 +87,10 @@ def test_resume_after_an_interruption_gives_the_same_numbers(
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert numbers(cut) == numbers(tmp_path / "whole")
+    # It went on from the saved state: only the epochs that remained were trained (a
+    # rerun from scratch gives the same numbers, but trains them all).
+    assert run_record(cut)["epochs_trained_here"] == \
+        whole["epochs_trained_here"] - trained_before_the_cut
     assert not list((cut / "state").glob("*.pkl"))  # cleaned up once finished
 
 
@@ -98,7 +119,9 @@ def test_an_interrupted_base_training_resumes_from_its_last_saved_epoch(
     assert (tmp_path / "cut" / "state" / "base-0.pkl").exists()
     capsys.readouterr()
     assert main(cut_args + ["--resume"]) == 0
-    assert "base order seed 0: resumed after phase 0, epoch 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "base order seed 0: resumed after phase 0, epoch 3" in err
+    assert "M(0) of order seed 0 trained (resumed: 3 of 6 epochs trained here)" in err
     assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
     assert not (tmp_path / "cut" / "state").exists()
 
@@ -124,6 +147,8 @@ def test_kill_9_mid_phase_then_resume(tmp_path: Path, toy_args: list[str]) -> No
         pytest.skip("the run finished before the kill landed")
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert numbers(cut) == numbers(tmp_path / "whole")
+    # At least one epoch was saved before the kill (the state file existed): fewer remained.
+    assert 0 < run_record(cut)["epochs_trained_here"] < 4 * 40
 
 
 def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(
@@ -151,6 +176,8 @@ def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(
     monkeypatch.setattr(Finetune, "loss", real_loss)
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert numbers(cut) == numbers(tmp_path / "whole")
+    # Phase 1 and phase 2's first epoch were kept: 9 - 4 epochs remained.
+    assert run_record(cut)["epochs_trained_here"] == 5
 
 
 def test_a_full_disk_fails_before_training(tmp_path: Path, toy_args: list[str],
@@ -210,3 +237,78 @@ def test_state_is_saved_once_a_phase_when_epochs_are_quick(
                  "--set", "methods=[finetune]", "--set", "order_seeds=[0]",
                  "--set", "phase.epochs=4", "--out", str(tmp_path / "out")]) == 0
     assert len(saved) == 3  # one per phase: epochs of milliseconds are not worth a save
+
+
+class Placeholder:
+    """What a resume state names rather than holds (the session, the data on the device)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def rewrite_state(path: Path, change: Callable[[Any], None]) -> None:
+    """Loads the state file at `path` without a session, lets `change` alter it, saves it
+    back: a state as another version of instil, or other options, would have written it."""
+    class Loader(pickle.Unpickler):
+        def persistent_load(self, pid: str) -> Placeholder:
+            return Placeholder(pid)
+
+    class Dumper(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> str | None:
+            return obj.name if isinstance(obj, Placeholder) else None
+
+    state = Loader(io.BytesIO(path.read_bytes())).load()
+    change(state)
+    buffer = io.BytesIO()
+    Dumper(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+    path.write_bytes(buffer.getvalue())
+
+
+def damage(path: Path, how: str) -> str:
+    """Damages the state file at `path`; returns what the refusal must say."""
+    if how == "rewritten-unchanged":  # the control: rewriting alone must not be refused
+        rewrite_state(path, lambda s: None)
+        return ""
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return "unreadable resume state"
+    if how == "another-version":
+        rewrite_state(path, lambda s: setattr(s, "versions", {**s.versions, "instil": "0.0.1"}))
+        return "written by {'instil': '0.0.1'"
+    rewrite_state(path, lambda s: setattr(s.method, "options",
+                                          dataclasses.replace(s.method.options, alpha=0.5)))
+    return "dbd ran with options {"
+
+
+@pytest.mark.parametrize("how", ["rewritten-unchanged", "truncated", "another-version",
+                                 "other-options"])
+def test_a_state_that_cannot_be_resumed_is_refused_in_one_line(
+        how: str, tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
+            "--set", "methods=[dbd]", "--out", str(tmp_path / "cut")]
+    saves, real_save = [], protocol.save_state
+
+    def save_then_stop(*a, **k) -> None:
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == 6:  # M(0)'s epochs 1 and 2, phase 1's 1, 2 and end, phase 2's 1
+            raise Interrupted
+
+    monkeypatch.setattr(protocol, "save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        main(args)
+    monkeypatch.setattr(protocol, "save_state", real_save)
+    state = tmp_path / "cut" / "state" / "dbd-0.pkl"
+    expected = damage(state, how)
+    damaged = state.read_bytes()
+    capsys.readouterr()
+    if not expected:
+        assert main(args + ["--resume"]) == 0
+        assert run_record(tmp_path / "cut")["epochs_trained_here"] == 9 - 4
+        return
+    assert main(args + ["--resume"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(state) in errors[0] and expected in errors[0], errors
+    assert state.read_bytes() == damaged  # left for the user to delete, not overwritten
+    assert not (tmp_path / "cut" / "results.json").exists()

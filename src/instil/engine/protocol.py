@@ -99,6 +99,9 @@ class Session:
     bar: tqdm
     resume: bool = False  # go on from the states an interrupted run saved
     channels_last: bool = False  # the memory format of the models and images
+    # Epochs trained by this process (base training included): what a resumed run records
+    # as epochs_trained_here, the proof that it went on rather than started over.
+    epochs_trained: int = 0
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
@@ -291,6 +294,7 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
     session.bar.set_description(where)
 
     def on_epoch(epoch: int, loss: float) -> None:
+        session.epochs_trained += 1
         session.bar.update(1)
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
@@ -312,17 +316,7 @@ def base_model(session: Session, split: IILSplit, trainer: Method | None = None)
     config = session.config
     model = session.new_model(split.order_seed, "base", 0)
     tag = base_tag(trainer)
-    key = base_key({
-        "fingerprint": split.fingerprint, "model": config.model, "base": config.base,
-        "data": (config.data.name, config.data.image_size, config.data.crop_padding,
-                 config.data.flip, config.data.options),
-        "seed": config.seed, "order_seed": split.order_seed,
-        # Only when not fp32, so that the keys of models trained before the switch hold.
-        **({"precision": config.precision} if config.precision != "fp32" else {}),
-        # Only for a method's own base training, so that the shared M(0)'s keys hold.
-        **({"trainer": tag, "trainer_options": options_of(trainer)} if trainer else {}),
-    }, split.base)
-    path = cache_root(config.cache_dir) / "base" / f"{key}.pt"
+    path = cache_root(config.cache_dir) / "base" / f"{base_cache_key(config, split, trainer)}.pt"
     if trainer is not None:  # its architecture differs: load into what it trains
         model = trainer.architecture(model, base_context(session, split, tag))
     name = f"M(0) of order seed {split.order_seed}" + (f" ({tag})" if trainer else "")
@@ -346,6 +340,22 @@ def base_model(session: Session, split: IILSplit, trainer: Method | None = None)
     session.log(f"{name} cached as {path}")
     state_path(session.out, tag, split.order_seed, world()).unlink(missing_ok=True)
     return model
+
+
+def base_cache_key(config: Config, split: IILSplit, trainer: Method | None = None) -> str:
+    """The cache key of M(0): everything its training depends on (the data, D(0)'s indices,
+    the model, the base budget, the seeds), not the device or thread count."""
+    return base_key({
+        "fingerprint": split.fingerprint, "model": config.model, "base": config.base,
+        "data": (config.data.name, config.data.image_size, config.data.crop_padding,
+                 config.data.flip, config.data.options),
+        "seed": config.seed, "order_seed": split.order_seed,
+        # Only when not fp32, so that the keys of models trained before the switch hold.
+        **({"precision": config.precision} if config.precision != "fp32" else {}),
+        # Only for a method's own base training, so that the shared M(0)'s keys hold.
+        **({"trainer": base_tag(trainer), "trainer_options": options_of(trainer)}
+           if trainer else {}),
+    }, split.base)
 
 
 def cache_entry_lock(session: Session, path: Path, name: str
@@ -390,12 +400,15 @@ def train_base(session: Session, split: IILSplit, model: nn.Module,
         save_state(path, RunState(config.to_dict(), trainer, [], 0, progress, rng_state()),
                    externals)
 
+    epochs_before = session.epochs_trained
     seconds, _ = train_phase(session, trainer, split, 0, model, tag, config.base,
                              None if state is None else state.progress,
                              epoch_saver(config.state_every_seconds, config.base.epochs, saved))
+    here = session.epochs_trained - epochs_before
     session.log(f"M(0) of order seed {split.order_seed} trained"
                 + (f" ({tag})" if tag != "base" else "")
-                + (" (resumed)" if state is not None else "") + f" in {seconds:.1f} s")
+                + (f" (resumed: {here} of {config.base.epochs} epochs trained here)"
+                   if state is not None else "") + f" in {seconds:.1f} s")
     return trainer.deployed(), seconds
 
 
@@ -429,6 +442,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
         state = RunState(config.to_dict(), method, [], 0, None)
     method = state.method
     started, wall_before = time.perf_counter(), state.wall_seconds
+    epochs_before = session.epochs_trained
 
     def save() -> None:
         state.wall_seconds = wall_before + time.perf_counter() - started
@@ -479,6 +493,8 @@ def run_method(session: Session, method: Method, start: SeedStart,
               "budget": dataclasses.asdict(budget),
               "phases": state.phases,
               "wall_seconds": wall_before + time.perf_counter() - started,
+              # Every phase's epochs in a whole run; after --resume only those that remained.
+              "epochs_trained_here": session.epochs_trained - epochs_before,
               # Timings compare only between runs on the same machine and threads.
               "ran_on": ran_on(session.device)}
     return record, deployed
