@@ -6,9 +6,7 @@
 #   instil compare runs/tune/*     # the table
 set -euo pipefail
 cd "$(dirname "$0")/.."
-INSTIL=${INSTIL:-.venv/bin/instil}
-OUT=${OUT:-runs/tune}
-COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --no-progress)
+source scripts/tune-lib.sh
 
 # name | methods | extra --set items (space-separated)
 POINTS=(
@@ -27,15 +25,5 @@ POINTS=(
   "dbd-e20|[dbd]|phase.epochs=20"
 )
 
-for point in "${POINTS[@]}"; do
-  IFS='|' read -r name methods extra <<<"$point"
-  dir="$OUT/$name"
-  if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/results.json"; then
-    echo "skip $name (done)"; continue
-  fi
-  sets=(--set "methods=$methods")
-  for item in $extra; do sets+=(--set "$item"); done
-  echo "== $name"
-  "$INSTIL" run configs/fmnist-iil10.yaml --out "$dir" "${COMMON[@]}" "${sets[@]}"
-done
+run_points "${POINTS[@]}"
 "$INSTIL" compare "$OUT"/*/

@@ -6,7 +6,10 @@
 # each other several-fold.
 INSTIL=${INSTIL:-.venv/bin/instil}
 OUT=${OUT:-runs/tune}
-COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --no-progress)
+# method_budgets={}: a point sets its own budget; the preset's tuned budgets must not
+# override it.
+COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --set 'method_budgets={}'
+        --no-progress)
 
 run_points() {
   local point name methods extra dir item
