@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -83,3 +85,12 @@ def write_image_folder(root: Path, n_train: int, n_val: int, noise: int, lift: i
                 pixels[..., k] += lift
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer: equal exactly when the weights are."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

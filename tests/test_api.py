@@ -3,7 +3,6 @@ the same promotion as the command line's, and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from instil.checkpoint import build_model, load_checkpoint, of_model, save_check
 from instil.cli import main
 from instil.methods.dbd import DBD, DBDOptions, batch_statistics
 from instil.models import create_model
+from tests.conftest import weights_hash
 
 CLASSES = 3
 SIZE = 32
@@ -79,14 +79,6 @@ FAMILIES = {
 def built(family: str) -> nn.Module:
     torch.manual_seed(0)
     return FAMILIES[family]()
-
-
-def weights_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@ resumed after a restart from a state of tensors and plain data."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -18,16 +17,7 @@ from instil.cli import main
 from instil.config import load_config
 from instil.data import load_dataset
 from instil.data.split import load_manifest
-from tests.conftest import TOY_SETS
-
-
-def weights_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
+from tests.conftest import TOY_SETS, weights_hash
 
 # One order seed of the toy protocol (tests.conftest), with DBD's freezing period inside the
 # toy's two-epoch phases and a seed other than the default, so that a seed ignored shows.
