@@ -2,16 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Extras of pyproject.toml to install: `make test EXTRAS=dev,avalanche` adds the Avalanche
+# integration and so runs its tests (CI does).
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
 PRESET ?= configs/fmnist-quick.yaml
 DATA ?= data
 ARGS ?=
 
-.PHONY: run test data lint clean
+.PHONY: run test check-wheel data lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 data: $(STAMP)
@@ -22,6 +25,10 @@ run: data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The wheel as a user installs it, in a clean environment (scripts/check-wheel.sh).
+check-wheel: $(STAMP)
+	bash scripts/check-wheel.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

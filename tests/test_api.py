@@ -149,7 +149,9 @@ def test_every_method_without_old_data_promotes_a_user_module(method: str) -> No
                                method=method, **{**QUICK, "options": options})
     assert weights_hash(model) == before
     assert promotion.report["method"] == method
-    assert weights_hash(promotion.model) != before
+    assert promotion.model is not model  # a new module, even where it keeps the weights
+    if method != "finetune-es":  # which may keep M(t-1) itself when no epoch scores better
+        assert weights_hash(promotion.model) != before
 
 
 def test_ewc_promotes_a_vision_transformer() -> None:

@@ -198,6 +198,30 @@ def test_list_shows_registries(capsys: pytest.CaptureFixture) -> None:
         assert name in out
 
 
+def test_list_shows_the_presets_run_takes_by_name(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out.split("presets (")[1].splitlines()[1:]
+    names = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert [line.strip() for line in listed] == names
+
+
+def test_run_takes_a_preset_by_name(tmp_path: Path, toy_args: list[str],
+                                    capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from instil.config import load_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name alone finds the preset
+    sets = [*toy_args, "--set", "order_seeds=[0]", "--set", "methods=[finetune]"]
+    assert main(["run", "toy2d", "--out", "out", "--no-progress", *sets]) == 0, \
+        capsys.readouterr().err
+    config = json.loads(Path("out/results.json").read_text())["config"]
+    expected = load_config(Path(__file__).parents[1] / "configs" / "toy2d.yaml", sets[1::2])
+    assert config == json.loads(json.dumps(expected.to_dict()))
+    capsys.readouterr()
+    line = error_of(["run", "toy2", "--out", "o2", *sets], capsys)
+    assert "toy2: neither a config file nor a preset" in line and "toy2d" in line
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_image_folder_streams_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture,
                                          workers: int) -> None:

@@ -98,3 +98,31 @@ def test_a_run_records_each_methods_budget(tmp_path: Path, toy_args: list[str]) 
     runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert (runs["finetune"]["budget"]["epochs"], runs["finetune"]["budget"]["lr"]) == (1, 0.05)
     assert (runs["lwf"]["budget"]["epochs"], runs["lwf"]["budget"]["lr"]) == (2, 0.01)
+
+
+def test_presets_are_the_yaml_files_of_configs_by_name() -> None:
+    from instil.config import presets
+
+    assert presets() == {path.stem: path.resolve() for path in CONFIGS}
+
+
+def test_a_preset_name_resolves_to_its_file_and_a_path_stays_a_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from instil.config import config_path
+
+    checkout = Path(__file__).parents[1]
+    assert config_path("toy2d") == checkout / "configs" / "toy2d.yaml"
+    monkeypatch.chdir(tmp_path)  # a path is read as given, relative to the working folder
+    for given in ("configs/toy2d.yaml", "mine.yaml", "sub/toy2d"):
+        assert config_path(given) == Path(given)
+    Path("toy2d").write_text("name: mine\n")  # an existing file wins over a preset
+    assert config_path("toy2d") == Path("toy2d")
+    assert load_config(config_path("toy2d")).name == "mine"
+
+
+def test_an_unknown_preset_name_is_refused_with_the_names() -> None:
+    from instil.config import config_path
+
+    with pytest.raises(InstilError, match=r"fmnsit-quick: neither a config file nor a preset; "
+                                          r"presets: cifar100-iil10, .*fmnist-quick, .*toy2d"):
+        config_path("fmnsit-quick")

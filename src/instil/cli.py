@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instil", description="Instance-incremental learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the IIL protocol of a config")
-    run.add_argument("config", type=Path, help="a YAML preset, e.g. configs/fmnist-quick.yaml")
+    run.add_argument("config", type=Path,
+                     help="a preset's name (instil list), e.g. fmnist-quick, or a YAML file")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a config key by dotted path (repeatable)")
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--per-seed", type=comma_list, default=[], metavar="METRICS",
                          help="also a table of each of these metrics after the last phase, "
                               "a row per order seed (e.g. pp,f)")
-    report = sub.add_parser("report", help="rewrite a run's summary.md and curves.png from "
-                                           "its results.json (e.g. of an interrupted run)")
+    report = sub.add_parser("report", help="rewrite a run's summary.md, curves.png and "
+                                           "losses.png from its results.json (e.g. of an "
+                                           "interrupted run)")
     report.add_argument("run", type=Path, help="a run folder with results.json")
     merge = sub.add_parser("merge", help="merge run folders of one protocol that ran "
                                          "different order seeds (e.g. one seed per GPU)")
@@ -51,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only these methods, comma-separated, in this order "
                             "(e.g. dbd,dbd-nofl)")
     dust = sub.add_parser("dust", help="figure: dusted images with M(0)'s predictions")
-    dust.add_argument("config", type=Path)
+    dust.add_argument("config", type=Path, help="a preset's name or a YAML file")
     dust.add_argument("--out", type=Path, default=Path("runs/dust/dust.png"), help="PNG file")
     dust.add_argument("--sigmas", default="0,0.5,1,2,3",
                       help="noise levels, comma-separated (default 0,0.5,1,2,3)")
     dust.add_argument("--images", type=int, default=6, help="rows: one test image per class")
     boundary = sub.add_parser("boundary", help="figure: decision regions on the 2-D toy set")
-    boundary.add_argument("config", type=Path, nargs="?", default=Path("configs/toy2d.yaml"))
+    boundary.add_argument("config", type=Path, nargs="?", default=Path("toy2d"),
+                          help="a preset's name or a YAML file (default: toy2d)")
     boundary.add_argument("--out", type=Path, default=Path("runs/boundary/boundary.png"),
                           help="PNG file")
     for figure in (dust, boundary):
@@ -72,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     kind = bench.add_subparsers(dest="bench", required=True)
     speed = kind.add_parser("speed", help="images/s of the ceiling, base, finetune, dbd, eval")
     speed.add_argument("--preset", dest="config", type=Path,
-                       default=Path("configs/fmnist-iil10.yaml"), help="a YAML preset")
+                       default=Path("fmnist-iil10"),
+                       help="a preset's name or a YAML file (default: fmnist-iil10)")
     speed.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     speed.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     speed.add_argument("--steps", type=int, default=40, help="timed steps per figure")
@@ -211,17 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(base_line(results["runs"]))
     print(summary_table(results["summary"]))
-    print(f"wrote {out}/results.json, summary.md, curves.png")
+    print(f"wrote {out}/results.json, summary.md, curves.png, losses.png")
     return 0
 
 
-def preset_dir() -> Path:
-    """configs/ of the working folder, else of the source checkout instil runs from."""
-    here = Path("configs")
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "configs"
-
-
 def cmd_list(args: argparse.Namespace) -> int:
+    from instil.config import presets, presets_dir
     from instil.data import DATASETS
     from instil.methods import METHODS, describe
     from instil.models import MODELS
@@ -235,19 +234,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name in sorted(METHODS):
         print(f"  {name:14s} {describe(name)}")
-    presets = sorted(preset_dir().glob("*.yaml"))
-    print(f"presets ({preset_dir()}):")
-    for path in presets:
-        print(f"  {path.stem}")
+    print(f"presets ({presets_dir()}; instil run NAME):")
+    for name in presets():
+        print(f"  {name}")
     return 0
 
 
 def load_named(args: argparse.Namespace):
-    from instil.config import load_config
+    from instil.config import config_path, load_config
 
-    config = load_config(args.config, args.overrides)
+    path = config_path(args.config)
+    config = load_config(path, args.overrides)
     if config.name == "custom":
-        config = dataclasses.replace(config, name=args.config.stem)
+        config = dataclasses.replace(config, name=path.stem)
     return config
 
 
@@ -299,7 +298,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     note = "" if result.get("complete", False) else \
         "The run is not complete: this covers the runs results.json holds (see the seeds column)."
     print(write_summary(args.run, name, runs, note), end="")
-    print(f"\nwrote {args.run / 'summary.md'}, curves.png")
+    print(f"\nwrote {args.run / 'summary.md'}, curves.png"
+          + (", losses.png" if (args.run / "epochs.jsonl").exists() else ""))
     return 0
 
 

@@ -80,6 +80,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """What a run logs beside its files (every run writes DIR/epochs.jsonl)."""
+
+    # The per-epoch record and the per-phase metrics also as TensorBoard scalars, under
+    # DIR/tensorboard/<method>-<order seed>; needs `pip install 'instil[tensorboard]'`.
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "custom"
     methods: list[str] = field(default_factory=lambda: ["finetune", "joint"])
@@ -119,6 +128,7 @@ class Config:
     # Per-method changes of the phase budget, e.g. {finetune: {lr: 0.003}}: a baseline's
     # tuned learning rate or epochs (docs/tuning.md); a method not named keeps `phase`.
     method_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +153,31 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         apply_override(raw, item)
     return from_dict(Config, raw, "")
+
+
+def presets_dir() -> Path:
+    """The folder of the YAML presets: instil/presets/ of an installed wheel (pyproject.toml
+    ships configs/ there), else configs/ of the source checkout that instil runs from."""
+    packaged = Path(__file__).parent / "presets"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def presets() -> dict[str, Path]:
+    """Preset name -> its YAML file, sorted by name."""
+    return {path.stem: path for path in sorted(presets_dir().glob("*.yaml"))}
+
+
+def config_path(text: str | Path) -> Path:
+    """A config argument of the command line: the path of a YAML file, or a preset's name
+    (`fmnist-quick`). An existing file wins over a preset of the same name."""
+    path = Path(text)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    known = presets()
+    if path.name not in known:
+        raise InstilError(f"{text}: neither a config file nor a preset; presets: "
+                          f"{', '.join(known) or 'none found'} (instil list)")
+    return known[path.name]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -16,20 +16,22 @@ and its ablations out of folders that also ran the baselines), in the order give
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from instil.engine.epochs import EPOCHS_FILE, read_epochs
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.lock import folder_lock
 from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
-# Keys that may differ between merged folders: what ran, not how.
-PER_FOLDER_KEYS = (SEED_KEY, "methods")
+# Keys that may differ between merged folders: what ran, not how, and what was logged.
+PER_FOLDER_KEYS = (SEED_KEY, "methods", "log")
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +140,21 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
             shutil.copyfile(manifest, out / manifest.name)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         atomic_write_json(out / "results.json", merged)
+        atomic_write_text(out / EPOCHS_FILE, "".join(
+            json.dumps(e) + "\n" for folder, result in zip(folders, results)
+            for e in epochs_of(folder, result)))
         note = "" if complete else \
             "Not every merged run is complete: this covers the runs results.json holds."
         write_summary(out, config["name"], runs, note)
     return merged
+
+
+def epochs_of(folder: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs.jsonl lines of the runs merged from `folder`, and of its M(0)s."""
+    pairs = {(r["method"], r["order_seed"]) for r in result["runs"]}
+    seeds = {seed for _, seed in pairs}
+    return [e for e in read_epochs(folder) if (e["method"], e["order_seed"]) in pairs
+            or (e["phase"] == 0 and e["order_seed"] in seeds)]
 
 
 def refuse_existing(out: Path) -> None:

@@ -153,17 +153,20 @@ def reference_lines(runs: list[dict[str, Any]]) -> str:
 
 
 def summary_markdown(config_name: str, runs: list[dict[str, Any]],
-                     rows: list[dict[str, Any]], note: str = "") -> str:
+                     rows: list[dict[str, Any]], note: str = "", losses: bool = False) -> str:
     methods = [r["method"] for r in rows]
     shift = any(SHIFT in p for r in runs for p in r["phases"])
     tables = "\n".join(f"### {title}\n\n{phase_table(runs, methods, key)}"
                        for key, title in PHASE_METRICS.items() if key != SHIFT or shift)
     head = f"# {config_name}\n\n" + (f"{note}\n\n" if note else "")
+    figures = ("Figures: [curves.png](curves.png) (metrics per phase)"
+               + (", [losses.png](losses.png) (every loss term per epoch, from epochs.jsonl)"
+                  if losses else "") + ".\n\n")
     return (f"{head}{base_line(runs)}\n\n"
             "## After the last phase (mean ± 95% CI over order seeds, percentage points)\n\n"
             f"{summary_table(rows)}\n"
             "Methods marked 'old data: yes' see samples of earlier parts (not IIL; reference).\n\n"
-            f"{reference_lines(runs)}{student_lines(runs)}## Per phase\n\n{tables}")
+            f"{reference_lines(runs)}{student_lines(runs)}{figures}## Per phase\n\n{tables}")
 
 
 def read_results(folder: Path) -> dict[str, Any]:
@@ -182,13 +185,22 @@ def read_results(folder: Path) -> dict[str, Any]:
 
 def write_summary(folder: Path, config_name: str, runs: list[dict[str, Any]],
                   note: str = "") -> str:
-    """Writes `folder`/summary.md and curves.png for `runs` and returns the summary's text."""
+    """Writes `folder`/summary.md, curves.png and (from epochs.jsonl, of the runs' methods and
+    order seeds and their M(0)s) losses.png, and returns the summary's text."""
+    from instil.engine.epochs import read_epochs
     from instil.io import atomic_write_text
     from instil.viz.curves import plot_curves  # matplotlib, only where a figure is drawn
+    from instil.viz.losses import plot_losses
 
-    text = summary_markdown(config_name, runs, summarise(runs), note)
+    seeds = {r["order_seed"] for r in runs}
+    pairs = {(r["method"], r["order_seed"]) for r in runs}
+    records = [e for e in read_epochs(folder) if (e["method"], e["order_seed"]) in pairs
+               or (e["phase"] == 0 and e["order_seed"] in seeds)]
+    text = summary_markdown(config_name, runs, summarise(runs), note, losses=bool(records))
     atomic_write_text(folder / "summary.md", text)
     plot_curves(runs, folder / "curves.png", config_name)
+    if records:
+        plot_losses(records, folder / "losses.png", config_name)
     return text
 
 

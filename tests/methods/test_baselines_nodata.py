@@ -332,7 +332,7 @@ def test_each_baseline_runs_two_phases_through_the_cli(tmp_path: Path,
         assert run["uses_old_data"] is False
         assert all(np.isfinite(p["acc_test"]) for p in run["phases"])
     part = runs["ewc"]["phases"][0]["n_train"]  # all of D(1)
-    assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.2 * part)
+    assert runs["finetune-es"]["phases"][0]["n_train"] == part - round(0.3 * part)
     # The kept epoch and its held-out loss land in results.json: 0 (M(t-1) itself) up to
     # the phase's epochs (toy_args: phase.epochs=2).
     assert all(p["kept_epoch"] in (0, 1, 2) and p["held_out_loss"] > 0

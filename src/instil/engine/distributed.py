@@ -149,6 +149,14 @@ def broadcast_state(module: nn.Module) -> None:
                 dist.broadcast(tensor, src=0)
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of every rank's `tensor` (itself when alone): one collective."""
+    if world().distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def broadcast_object(value):
     """Rank 0's value of a picklable object on every rank."""
     if not world().distributed:

@@ -15,6 +15,7 @@ from instil.engine.distributed import (
     broadcast_buffers,
     data_parallel,
     from_sync_batchnorm,
+    sum_over_ranks,
     to_sync_batchnorm,
     world,
 )
@@ -26,6 +27,8 @@ from instil.methods.base import Method
 LOG_EVERY = 50
 
 OnEpoch = Callable[[int, float], None]
+# Receives each finished epoch's record (see EpochSums.read): rank 0 writes it.
+OnRecord = Callable[[dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,8 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def check_finite(loss: torch.Tensor, where: str) -> float:
-    value = loss.item()
+def check_finite(loss: torch.Tensor | float, where: str) -> float:
+    value = loss.item() if isinstance(loss, torch.Tensor) else loss
     if not math.isfinite(value):
         raise InstilError(f"{where}: the loss became {value}; lower the learning rate "
                           "(base.lr / phase.lr) or check the data")
@@ -85,11 +88,47 @@ class Progress:
 OnProgress = Callable[[Progress], None]
 
 
+class EpochSums:
+    """An epoch's loss terms summed on the device, step by step, and read back once at its
+    end: the per-epoch record costs no device sync of its own (the total loss was always
+    read once an epoch, to stop on a NaN)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.names: list[str] = []
+        self.sums: list[torch.Tensor] = []
+        self.steps = 0
+        self.samples = 0
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int) -> None:
+        step = {"loss": loss.detach(), **terms}
+        if not self.names:
+            self.names = list(step)
+            self.sums = [torch.zeros((), device=self.device) for _ in self.names]
+        elif len(step) != len(self.names):
+            raise ValueError(f"loss terms {sorted(step)} after {sorted(self.names)}: a method "
+                             "must note the same terms every step")
+        torch._foreach_add_(self.sums, [step[name] for name in self.names])  # one launch
+        self.steps += 1
+        self.samples += samples
+
+    def read(self) -> tuple[dict[str, float], int]:
+        """The terms' means over the epoch's steps and the samples trained on, over all
+        ranks under torchrun (one collective, one read)."""
+        counts = torch.tensor([self.steps, self.samples], dtype=torch.float32,
+                              device=self.device)
+        values = sum_over_ranks(torch.cat([torch.stack(self.sums), counts])).tolist()
+        steps, samples = values[-2], values[-1]
+        return {name: v / steps for name, v in zip(self.names, values)}, int(samples)
+
+
 def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
         on_epoch: OnEpoch | None = None, speed: Speed = Speed(),
-        resume: Progress | None = None, on_progress: OnProgress | None = None) -> FitResult:
+        resume: Progress | None = None, on_progress: OnProgress | None = None,
+        on_record: OnRecord | None = None) -> FitResult:
     """Trains `method.trainable()` for cfg.epochs epochs over `batches`; from `resume` on
-    when given. `on_progress` receives the loop's state after every epoch."""
+    when given. `on_record` receives every epoch's record (epoch, lr, seconds, images/s and
+    the loss terms' means), then `on_progress` the loop's state after it."""
     module = method.trainable()
     device = next(module.parameters()).device
     optimizer = method.optimizer(module, cfg) or make_optimizer(module, cfg)
@@ -98,7 +137,7 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
     swapped = to_sync_batchnorm(module) if w.distributed and speed.sync_batchnorm else []
     try:
         return train_epochs(method, module, optimizer, batches, cfg, where, on_epoch, speed,
-                            resume, on_progress, device, scaler)
+                            resume, on_progress, device, scaler, on_record)
     finally:
         from_sync_batchnorm(swapped)
 
@@ -106,7 +145,8 @@ def fit(method: Method, batches: Batches, cfg: TrainConfig, where: str,
 def train_epochs(method: Method, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  batches: Batches, cfg: TrainConfig, where: str, on_epoch: OnEpoch | None,
                  speed: Speed, resume: Progress | None, on_progress: OnProgress | None,
-                 device: torch.device, scaler: torch.amp.GradScaler) -> FitResult:
+                 device: torch.device, scaler: torch.amp.GradScaler,
+                 on_record: OnRecord | None = None) -> FitResult:
     # Under torchrun, DDP wraps the method's loss with the trainable module (see
     # engine.distributed); alone, the loss is called as it is.
     w = world()
@@ -132,7 +172,9 @@ def train_epochs(method: Method, module: torch.nn.Module, optimizer: torch.optim
     start, last = time.perf_counter(), float("nan")
     for epoch in range(first, cfg.epochs):
         module.train()
-        running = None
+        sums = EpochSums(device)
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's
+        began = time.perf_counter()
         for x, y in batches.epoch(epoch):
             with autocast(device, speed.precision):
                 loss = loss_of(x, y)
@@ -144,13 +186,19 @@ def train_epochs(method: Method, module: torch.nn.Module, optimizer: torch.optim
             if sync_each_step:
                 broadcast_buffers(module)
             method.after_step(step)
-            running = loss.detach() if running is None else running + loss.detach()
+            sums.add(loss, method.terms(), len(y))
             step += 1
             if step % LOG_EVERY == 0:
                 check_finite(loss, where)
-        last = check_finite(running / steps_per_epoch, f"{where}, epoch {epoch + 1}")
+        means, samples = sums.read()
+        seconds = time.perf_counter() - began
+        last = check_finite(means["loss"], f"{where}, epoch {epoch + 1}")
         broadcast_buffers(module)  # one set of BatchNorm statistics before the epoch hooks
         method.end_epoch(epoch)
+        if on_record is not None:
+            on_record({"epoch": epoch + 1, "lr": lr, "seconds": seconds,
+                       "images_per_s": samples / seconds if seconds > 0 else math.nan,
+                       **means, **method.epoch_facts()})
         if on_epoch is not None:
             on_epoch(epoch, last)
         if on_progress is not None:

@@ -2,8 +2,10 @@
 
 Files written into the output folder: config.yaml (resolved), manifest-<seed>.json,
 results.json (rewritten after every method, so an interrupted run keeps what finished:
-engine.results), summary.md and curves.png. One process writes the folder at a time: a run
-holds its lock (instil.lock) from before its first read to its end.
+engine.results), epochs.jsonl (a line per epoch, engine.epochs), summary.md, curves.png and
+losses.png, and with log.tensorboard the same numbers under tensorboard/. One process
+writes the folder at a time: a run holds its lock (instil.lock) from before its first read
+to its end.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from instil.data.base import DataBundle
 from instil.data.loaders import Batches, BatchPlan, DataSource
 from instil.data.split import IILSplit, prepare_split
 from instil.data.streams import plan_stream
+from instil.engine import epochs as epoch_log
 from instil.engine.cache import base_key, cache_root, load_base, save_base
 from instil.engine.device import (
     derive_seed,
@@ -102,6 +105,10 @@ class Session:
     # Epochs trained by this process (base training included): what a resumed run records
     # as epochs_trained_here, the proof that it went on rather than started over.
     epochs_trained: int = 0
+    board: epoch_log.Board | None = None  # TensorBoard writers (log.tensorboard, rank 0)
+    # The folder whose epochs.jsonl gets every epoch's record; None: no record (a
+    # promotion's session, whose folder is never written).
+    record_to: Path | None = None
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
@@ -298,8 +305,17 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.update(1)
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
+    def on_record(numbers: dict[str, float]) -> None:
+        if not w.main or session.record_to is None:  # the numbers are all ranks' means
+            return
+        record = {"method": tag, "order_seed": split.order_seed, "phase": phase, **numbers}
+        epoch_log.append(session.record_to, record)
+        if session.board is not None:
+            session.board.epoch(record, budget.epochs)
+
     speed = Speed(config.precision, config.compile, config.sync_batchnorm)
-    result = fit(method, batches, budget, where, on_epoch, speed, resume, on_progress)
+    result = fit(method, batches, budget, where, on_epoch, speed, resume, on_progress,
+                 on_record)
     return set_up + result.seconds, len(indices)
 
 
@@ -395,6 +411,7 @@ def train_base(session: Session, split: IILSplit, model: nn.Module,
     trainer = fresh if state is None else state.method
     if state is not None:
         restore_rng(state.rng)
+    start_record(session, tag, split.order_seed, state)
 
     def saved(progress: Progress) -> None:
         save_state(path, RunState(config.to_dict(), trainer, [], 0, progress, rng_state()),
@@ -410,6 +427,20 @@ def train_base(session: Session, split: IILSplit, model: nn.Module,
                 + (f" (resumed: {here} of {config.base.epochs} epochs trained here)"
                    if state is not None else "") + f" in {seconds:.1f} s")
     return trainer.deployed(), seconds
+
+
+def start_record(session: Session, tag: str, order_seed: int, state: RunState | None) -> None:
+    """Drops the epochs.jsonl lines of (`tag`, `order_seed`) that this run will write again:
+    all of them when it starts over, those after the point it resumes from otherwise."""
+    if not world().main or session.record_to is None:
+        return
+    if state is None:
+        keep = None
+    elif state.progress is not None:
+        keep = (state.phase, state.progress.epochs_done)
+    else:  # after a finished phase: every epoch of it stays
+        keep = (state.phase, 10**9)
+    epoch_log.prune(session.record_to, tag, order_seed, keep)
 
 
 def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[str, Any]:
@@ -441,6 +472,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
     if state is None:
         state = RunState(config.to_dict(), method, [], 0, None)
     method = state.method
+    start_record(session, method.label, split.order_seed, state)
     started, wall_before = time.perf_counter(), state.wall_seconds
     epochs_before = session.epochs_trained
 
@@ -475,6 +507,8 @@ def run_method(session: Session, method: Method, start: SeedStart,
         metrics = evaluate_phase(session, method, start)
         state.phases.append({"phase": t, **metrics, "train_seconds": seconds,
                              "n_train": n_train})
+        if session.board is not None:
+            session.board.phase(method.label, split.order_seed, t, state.phases[-1])
         # No generator state at a phase's end: every phase seeds its own at its start.
         state.phase, state.progress, state.rng = t, None, {}
         save()
@@ -561,10 +595,17 @@ def open_session(config: Config, out: Path, total_epochs: int,
     # disable=None turns the bar off when stderr is not a terminal (logs get one line a phase).
     with tqdm(total=total_epochs, unit="epoch", dynamic_ncols=True,
               disable=None if show_progress and w.main else True) as bar:
-        session = Session(config, source, device, out, bar, resume, channels_last)
+        session = Session(config, source, device, out, bar, resume, channels_last,
+                          record_to=out)
+        if config.log.tensorboard and w.main:
+            session.board = epoch_log.Board(out)
         if why:
             session.log(why)
-        yield session
+        try:
+            yield session
+        finally:
+            if session.board is not None:
+                session.board.close()
 
 
 def start_seed(session: Session, order_seed: int) -> SeedStart:
@@ -708,6 +749,8 @@ def run_protocol(config: Config, out: Path, show_progress: bool = True,
     """Runs every method on every order seed of `config` into the run folder `out`, which
     it holds locked against any other writer from before its first read to the end."""
     methods = create_methods(config)
+    if config.log.tensorboard:
+        epoch_log.check_tensorboard()
     with run_lock(out):
         return run_locked(config, out, methods, show_progress, resume)
 

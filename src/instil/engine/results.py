@@ -27,8 +27,9 @@ from instil.report import flatten, summarise, write_summary
 Records = dict[tuple[str, int], dict[str, Any]]  # by (method, order seed)
 
 # Config keys that may differ between a run and the one it resumes: they choose what runs,
-# not how (a finished (method, order seed) pair is kept as it is).
-RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds")
+# not how (a finished (method, order seed) pair is kept as it is), or what is logged.
+RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds",
+                  "log")
 
 
 def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path) -> None:

@@ -123,6 +123,28 @@ class Method:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # The per-epoch record (epochs.jsonl): the engine sums each step's terms on the device
+    # and reads them once an epoch, so a term costs no device sync of its own.
+    def term_names(self) -> tuple[str, ...]:
+        """The names of the loss terms `terms()` returns, the same every step (the engine
+        records the total loss as "loss" beside them)."""
+        return ()
+
+    def note_terms(self, **terms: torch.Tensor) -> None:
+        """For loss(): this step's terms, as it computed them (no extra pass, no .item())."""
+        self._terms = {name: value.detach() for name, value in terms.items()}
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The terms the last loss() noted, as 0-dim tensors on the device, handed over once
+        (so that none travels into a saved resume state); {} when the method notes none."""
+        return self.__dict__.pop("_terms", {})
+
+    def epoch_facts(self) -> dict[str, float]:
+        """Numbers of the epoch just ended that are no average over its steps (DBD's EMA
+        steps and teacher-student distance), read after end_epoch; recorded beside the
+        terms."""
+        return {}
+
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (`step` counts from 0 within the phase)."""
 

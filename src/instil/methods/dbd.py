@@ -193,10 +193,23 @@ class DBD(Method):
     def trainable(self) -> nn.Module:
         return self.student
 
+    def term_names(self) -> tuple[str, ...]:
+        """l_fl (the plain cross-entropy "ce" with FL off), l_dis and β·L_DIS's share of
+        the loss, the outer samples' fraction and the teacher's accuracy on the clean batch
+        (with FL, which reads the teacher's clean logits), per step; per epoch, the EMA steps
+        taken so far in the phase and ‖θ_T − θ_S‖ after the epoch's (epoch_facts)."""
+        o = self.options
+        return (("l_fl" if o.fl else "ce",)
+                + (("l_dis", "dis_share") if o.dis and o.beta > 0 else ())
+                + (("outer_fraction", "teacher_acc") if o.fl else ()))
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o = self.options
         if not (o.dis and o.beta > 0):
-            return self.label_loss(*self.clean_logits(x), y)  # no dusted batch to join
+            teacher, student = self.clean_logits(x)  # no dusted batch to join
+            loss = self.label_loss(teacher, student, y)
+            self.note_terms(**{"l_fl" if o.fl else "ce": loss}, **self.clean_terms(teacher, y))
+            return loss
         return self.full_loss(x, dust(x, o.sigma), y)
 
     def full_loss(self, x: torch.Tensor, x_dust: torch.Tensor,
@@ -206,8 +219,23 @@ class DBD(Method):
         o = self.options
         logits = self.joint_logits if o.lean else self.separate_logits
         teacher, student, teacher_dust, student_dust = logits(x, x_dust)
-        return (self.label_loss(teacher, student, y)
-                + o.beta * distillation_kl(teacher_dust, student_dust, o.tau))
+        l_label = self.label_loss(teacher, student, y)
+        l_dis = distillation_kl(teacher_dust, student_dust, o.tau)
+        loss = l_label + o.beta * l_dis
+        self.note_terms(**{"l_fl" if o.fl else "ce": l_label}, l_dis=l_dis,
+                        dis_share=o.beta * l_dis.detach() / loss.detach(),
+                        **self.clean_terms(teacher if o.fl else None, y))
+        return loss
+
+    @staticmethod
+    def clean_terms(teacher_logits: torch.Tensor | None,
+                    y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outer samples' fraction of the batch and the teacher's accuracy on it (their
+        complement), when the teacher's clean logits were computed anyway."""
+        if teacher_logits is None:
+            return {}
+        inner = inner_mask(teacher_logits, y).float().mean()
+        return {"outer_fraction": 1 - inner, "teacher_acc": inner}
 
     def label_loss(self, teacher_logits: torch.Tensor | None, student_logits: torch.Tensor,
                    y: torch.Tensor) -> torch.Tensor:
@@ -282,6 +310,15 @@ class DBD(Method):
     def consolidate(self) -> None:
         consolidate(self.teacher, self.student, self.options.alpha)
         self.ema_steps += 1
+
+    def epoch_facts(self) -> dict[str, float]:
+        # ‖θ_T − θ_S‖ over the parameters, after the epoch's EMA step when it took one: how
+        # far the student has moved from the teacher it flows back into.
+        teacher = [p.detach() for p in self.teacher.parameters()]
+        student = [p.detach() for p in self.student.parameters()]
+        gaps = torch._foreach_norm(torch._foreach_sub(teacher, student))
+        return {"ema_steps": self.ema_steps,
+                "theta_distance": float(torch.linalg.vector_norm(torch.stack(gaps)))}
 
     def phase_facts(self) -> dict[str, float]:
         # Recorded so that a run shows how much of the student reached the teacher.

@@ -186,10 +186,21 @@ class DER(Method):
         with torch.no_grad():
             old = [e(x).flatten(1) for e in features.extractors[:features.frozen]]
         new = features.extractors[-1](x).flatten(1)
-        loss = F.cross_entropy(self.model.head(torch.cat([*old, new], dim=1)), y)
-        if self.options.lambda_aux > 0:
-            loss = loss + self.options.lambda_aux * F.cross_entropy(self.aux(new), y)
-        return loss
+        ce = F.cross_entropy(self.model.head(torch.cat([*old, new], dim=1)), y)
+        if self.options.lambda_aux <= 0:
+            self.note_terms(ce=ce)
+            return ce
+        aux = F.cross_entropy(self.aux(new), y)
+        self.note_terms(ce=ce, aux=aux)
+        return ce + self.options.lambda_aux * aux
+
+    def term_names(self) -> tuple[str, ...]:
+        """The cross-entropy and the auxiliary head's (before lambda_aux); the exemplars'
+        share of the training set is an epoch fact."""
+        return ("ce", "aux") if self.options.lambda_aux > 0 else ("ce",)
+
+    def epoch_facts(self) -> dict[str, float]:
+        return {"memory_share": self.memory.share_of(self.new)}
 
     def end_phase(self) -> None:
         select: Selector = self.selector(self.model.features)

@@ -128,11 +128,27 @@ class ER(Finetune):
             return self.memory.with_part(split.part(phase))
         return split.part(phase)
 
+    def term_names(self) -> tuple[str, ...]:
+        """The cross-entropy; the share of exemplars among the samples trained on is a term
+        with memory batches (exact per step), an epoch fact with replay=mixed (their share
+        of the phase's training set)."""
+        return ("ce", "memory_share") if self.options.replay == "batch" else ("ce",)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.stream is None:
             return super().loss(x, y)
         mx, my = self.stream.draw()
-        return F.cross_entropy(self.model(torch.cat([x, mx])), torch.cat([y, my]))
+        loss = F.cross_entropy(self.model(torch.cat([x, mx])), torch.cat([y, my]))
+        # A fill on the device, not a copy from the host: no sync.
+        share = torch.full((), len(my) / (len(y) + len(my)), device=y.device)
+        self.note_terms(ce=loss, memory_share=share)
+        return loss
+
+    def epoch_facts(self) -> dict[str, float]:
+        if self.stream is not None:
+            return {}  # memory_share is a term: each step's own
+        # Mixed: the exemplars are shuffled into the phase's training set.
+        return {"memory_share": self.memory.share_of(self.split.part(self.phase))}
 
     def end_phase(self) -> None:
         new = self.split.part(self.phase)

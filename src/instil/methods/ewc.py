@@ -224,12 +224,18 @@ class EWC(Finetune):
         return fisher_diagonal(self.model, data.batches(chosen, train=False).epoch(0),
                                o.fisher == "sampled", o.fisher_chunk)
 
+    def term_names(self) -> tuple[str, ...]:
+        """The cross-entropy and the penalty Σ F·(θ − θ*)² (before its weight λ/2)."""
+        return ("ce", "penalty") if self.options.lambda_ewc > 0 else ("ce",)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(x), y)
-        if self.options.lambda_ewc > 0:
-            penalty = ewc_penalty(penalised(self.model), self.fisher, self.anchor)
-            loss = loss + self.options.lambda_ewc / 2 * penalty
-        return loss
+        ce = F.cross_entropy(self.model(x), y)
+        if self.options.lambda_ewc <= 0:
+            self.note_terms(ce=ce)
+            return ce
+        penalty = ewc_penalty(penalised(self.model), self.fisher, self.anchor)
+        self.note_terms(ce=ce, penalty=penalty)
+        return ce + self.options.lambda_ewc / 2 * penalty
 
     def end_phase(self) -> None:
         ctx = self.ctx

@@ -26,8 +26,13 @@ class Finetune(Method):
     def trainable(self) -> nn.Module:
         return self.model
 
+    def term_names(self) -> tuple[str, ...]:
+        return ("ce",)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.model(x), y)
+        self.note_terms(ce=loss)
+        return loss
 
     def deployed(self) -> nn.Module:
         return self.model

@@ -159,14 +159,25 @@ class ICaRL(Method):
     def trainable(self) -> nn.Module:
         return self.model
 
+    def term_names(self) -> tuple[str, ...]:
+        """The cross-entropy and the distillation (before kd_weight); the exemplars' share
+        of the training set is an epoch fact."""
+        return ("ce", "kd") if self.options.kd_weight > 0 else ("ce",)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        if self.options.kd_weight > 0:
-            with torch.no_grad():
-                teacher_logits = self.teacher(x)
-            loss = loss + self.options.kd_weight * distillation_bce(logits, teacher_logits)
-        return loss
+        ce = F.cross_entropy(logits, y)
+        if self.options.kd_weight <= 0:
+            self.note_terms(ce=ce)
+            return ce
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        kd = distillation_bce(logits, teacher_logits)
+        self.note_terms(ce=ce, kd=kd)
+        return ce + self.options.kd_weight * kd
+
+    def epoch_facts(self) -> dict[str, float]:
+        return {"memory_share": self.memory.share_of(self.split.part(self.phase))}
 
     def end_phase(self) -> None:
         self.remember(self.split.part(self.phase), self.model)

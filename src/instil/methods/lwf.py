@@ -67,12 +67,18 @@ class LwF(Finetune):
         super().begin_phase(previous, ctx)
         self.old = copy.deepcopy(previous).eval().requires_grad_(False)
 
+    def term_names(self) -> tuple[str, ...]:
+        """The cross-entropy and the distillation term (before its weight lambda_kd)."""
+        return ("ce", "kd") if self.options.lambda_kd > 0 else ("ce",)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        if self.options.lambda_kd > 0:
-            with torch.no_grad():
-                old_logits = self.old(x)
-            loss = loss + self.options.lambda_kd * distillation(old_logits, logits,
-                                                                self.options.temperature)
-        return loss
+        ce = F.cross_entropy(logits, y)
+        if self.options.lambda_kd <= 0:
+            self.note_terms(ce=ce)
+            return ce
+        with torch.no_grad():
+            old_logits = self.old(x)
+        kd = distillation(old_logits, logits, self.options.temperature)
+        self.note_terms(ce=ce, kd=kd)
+        return ce + self.options.lambda_kd * kd

@@ -70,6 +70,10 @@ class ExemplarMemory:
         if len(self) > self.budget:  # a selector that returned too many is a bug, not data
             raise InstilError(f"exemplar memory holds {len(self)} > budget {self.budget}")
 
+    def share_of(self, part: np.ndarray) -> float:
+        """The exemplars' share of the training set `with_part(part)`."""
+        return len(self) / (len(self) + len(part))
+
     def with_part(self, part: np.ndarray) -> np.ndarray:
         """A phase's training indices: its part D(t), then the exemplars (disjoint, as the
         exemplars come from earlier parts)."""

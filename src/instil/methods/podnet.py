@@ -367,12 +367,26 @@ class PODNet(Method):
         with collect_stages(self.student.features) as new_stages:
             embedding = self.student.features(x)
         head = self.student.head
-        loss = nca_loss(head.similarities(embedding), head.eta, y, o.margin)
+        nca = nca_loss(head.similarities(embedding), head.eta, y, o.margin)
+        loss, terms = nca, {"nca": nca}
         if o.lambda_spatial > 0:
-            loss = loss + o.lambda_spatial * pod_spatial(old_stages, new_stages)
+            terms["pod_spatial"] = pod_spatial(old_stages, new_stages)
+            loss = loss + o.lambda_spatial * terms["pod_spatial"]
         if o.lambda_flat > 0:
-            loss = loss + o.lambda_flat * pod_flat(old_embedding, embedding, o.flat_distance)
+            terms["pod_flat"] = pod_flat(old_embedding, embedding, o.flat_distance)
+            loss = loss + o.lambda_flat * terms["pod_flat"]
+        self.note_terms(**terms)
         return loss
+
+    def term_names(self) -> tuple[str, ...]:
+        """The NCA loss and the POD terms (before their lambdas); the exemplars' share of
+        the training set is an epoch fact."""
+        o = self.options
+        return (("nca",) + (("pod_spatial",) if o.lambda_spatial > 0 else ())
+                + (("pod_flat",) if o.lambda_flat > 0 else ()))
+
+    def epoch_facts(self) -> dict[str, float]:
+        return {"memory_share": self.memory.share_of(self.new)}
 
     def end_phase(self) -> None:
         self.memory.update(self.new, self.data.labels(self.new),

@@ -11,6 +11,7 @@ from typing import Any
 from instil.io import atomic_write_bytes
 from instil.metrics import mean_ci95
 from instil.report import SHIFT, base_values, per_phase
+from instil.viz.style import legend_outside, style_of
 
 PANELS = (("acc_test", "test accuracy (%)"), ("pp", "performance promotion pp"),
           ("f", "forgetting on D(0), f"))
@@ -53,17 +54,17 @@ def plot_curves(runs: list[dict[str, Any]], path: Path, title: str) -> None:
             t = [p[0] for p in points]
             mean = [p[1] for p in points]
             ci = [0.0 if math.isnan(p[2]) else p[2] for p in points]
-            marker = "o" if len(points) < 3 else "."
-            (line,) = ax.plot(t, mean, marker=marker, label=method)
+            (line,) = ax.plot(t, mean, markersize=5 if len(points) < 3 else 3.5,
+                              linewidth=1.4, **style_of(method))
             ax.fill_between(t, [m - c for m, c in zip(mean, ci)],
                             [m + c for m, c in zip(mean, ci)], color=line.get_color(), alpha=0.2)
         ax.set_xlabel("phase")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    legend_outside(fig, list(axes))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
