@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import instil.engine.protocol as protocol
 from instil.cli import main
 from instil.engine.epochs import KEY, read_epochs
 from instil.methods import METHODS, create_method
 from instil.methods.base import PhaseContext
+
+from .interrupt import run_cut_at_save
 
 SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
         "--set", "method_options.er={replay_batch_size: 16}", "--set", "order_seeds=[0]",
@@ -66,9 +67,6 @@ def test_one_line_per_epoch_with_the_declared_terms(tmp_path: Path,
     assert lwf[0] > lwf[1] > lwf[2]
 
 
-class Interrupted(Exception):
-    pass
-
 
 @pytest.mark.parametrize("method", ["dbd", "er"])
 def test_a_resumed_run_leaves_no_duplicate_and_no_gap(
@@ -77,26 +75,14 @@ def test_a_resumed_run_leaves_no_duplicate_and_no_gap(
     args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *SETS,
             "--set", "state_every_seconds=1000", "--set", f"methods=[{method}]"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
-    saves, real_save = [], protocol.save_state
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == 2:  # the end of phase 2 (phase ends save; epochs do not)
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
     cut = tmp_path / "cut"
-    with pytest.raises(Interrupted):
-        main(args + ["--out", str(cut)])
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    # Stopped at the end of phase 2 (phase ends save; epochs do not).
+    run_cut_at_save(monkeypatch, args + ["--out", str(cut)], 2)
     before = lines(cut)
     assert max(r["phase"] for r in before if r["method"] == method) == 2
     # a line cut short by a kill is dropped too
     with open(cut / "epochs.jsonl", "a") as f:
         f.write('{"method": "' + method + '", "order_')
-    saves.append(1)  # no more interruptions
-    assert len(saves) > 2
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     after, whole = lines(cut), lines(tmp_path / "whole")
     key = [tuple(r[k] for k in KEY) for r in after if r["method"] == method]
@@ -115,18 +101,8 @@ def test_a_resume_mid_phase_drops_the_epochs_after_the_saved_one(
             "--set", "methods=[finetune]"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
     cut = tmp_path / "cut"
-    saves, real_save = [], protocol.save_state
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == 5:  # phase 2, after its second epoch
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
-        main(args + ["--out", str(cut)])
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    # Stopped in phase 2, after its second epoch.
+    run_cut_at_save(monkeypatch, args + ["--out", str(cut)], 5)
     # a stale line past the saved point, as a kill between append and save leaves it
     stale = {**lines(cut)[-1], "epoch": 3, "loss": -1.0}
     with open(cut / "epochs.jsonl", "a") as f:

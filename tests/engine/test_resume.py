@@ -23,6 +23,8 @@ from instil.cli import main
 from instil.methods import METHODS
 from tests.conftest import write_image_folder
 
+from .interrupt import run_cut_at_save
+
 # Enough epochs that a dbd phase consolidates (freeze 1) and an interruption lands mid-phase;
 # er's memory batches smaller than its memory, so that a resume must find its place in them.
 RESUME_SETS = ["--set", "phase.epochs=3", "--set", "method_options.dbd.freeze_epochs=1",
@@ -47,9 +49,6 @@ def numbers(out: Path) -> list[dict]:
                         for p in r["phases"]]} for r in runs]
 
 
-class Interrupted(Exception):
-    pass
-
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_resume_after_an_interruption_gives_the_same_numbers(
@@ -61,26 +60,14 @@ def test_resume_after_an_interruption_gives_the_same_numbers(
     whole = run_record(tmp_path / "whole")
     assert whole["epochs_trained_here"] == whole["budget"]["epochs"] * len(whole["phases"])
 
-    saves = []
-    real_save = protocol.save_state
     # Saves: after epochs 1 and 2 of a phase (the last epoch's is the phase's own) and at
     # its end. The 5th is one epoch into phase 2's second: 5 of 9 epochs trained; joint
     # trains once (epochs 1, 2, end): its 2nd is mid-phase, 2 of 3; onpro makes one pass a
     # phase: its 2nd is phase 2's end, 2 of 3.
     stop_at = 2 if method in ("joint", "onpro") else 5
     trained_before_the_cut = 2 if method in ("joint", "onpro") else 5
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == stop_at:
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
     cut = tmp_path / "cut"
-    with pytest.raises(Interrupted):
-        main(args + ["--out", str(cut)])
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    run_cut_at_save(monkeypatch, args + ["--out", str(cut)], stop_at)
     assert not (cut / "results.json").exists() and list((cut / "state").glob("*.pkl"))
     capsys.readouterr()
     assert main(args + ["--out", str(cut)]) == 2  # an interrupted run is not overwritten
@@ -103,19 +90,8 @@ def test_an_interrupted_base_training_resumes_from_its_last_saved_epoch(
     # Another cache, so that the cut run trains M(0) itself rather than loading it.
     cut_args = args + ["--set", f"cache_dir={tmp_path / 'other-cache'}", "--out",
                        str(tmp_path / "cut")]
-    saves = []
-    real_save = protocol.save_state
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == 3:  # after base epoch 3 of 6
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
-        main(cut_args)
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    # Stopped after base epoch 3 of 6.
+    run_cut_at_save(monkeypatch, cut_args, 3)
     assert (tmp_path / "cut" / "state" / "base-0.pkl").exists()
     capsys.readouterr()
     assert main(cut_args + ["--resume"]) == 0
@@ -211,18 +187,8 @@ def test_resume_is_exact_on_image_files_with_workers(
             "--set", "save_models=false", "--set", "state_every_seconds=0",
             "--set", f"cache_dir={tmp_path / 'c'}"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
-    saves, real_save = [], protocol.save_state
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == 5:  # two epochs into phase 2
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
-        main(args + ["--out", str(tmp_path / "cut")])
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    # Stopped two epochs into phase 2.
+    run_cut_at_save(monkeypatch, args + ["--out", str(tmp_path / "cut")], 5)
     assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
 
@@ -287,18 +253,8 @@ def test_a_state_that_cannot_be_resumed_is_refused_in_one_line(
         capsys: pytest.CaptureFixture) -> None:
     args = ["run", "configs/toy2d.yaml", "--no-progress", *toy_args, *RESUME_SETS,
             "--set", "methods=[dbd]", "--out", str(tmp_path / "cut")]
-    saves, real_save = [], protocol.save_state
-
-    def save_then_stop(*a, **k) -> None:
-        real_save(*a, **k)
-        saves.append(1)
-        if len(saves) == 6:  # M(0)'s epochs 1 and 2, phase 1's 1, 2 and end, phase 2's 1
-            raise Interrupted
-
-    monkeypatch.setattr(protocol, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
-        main(args)
-    monkeypatch.setattr(protocol, "save_state", real_save)
+    # Stopped at the 6th save: M(0)'s epochs 1 and 2, phase 1's 1, 2 and end, phase 2's 1.
+    run_cut_at_save(monkeypatch, args, 6)
     state = tmp_path / "cut" / "state" / "dbd-0.pkl"
     expected = damage(state, how)
     damaged = state.read_bytes()
