@@ -47,11 +47,6 @@ from instil.promotion.sources import (
 
 STATE_FORMAT = "instil-learner"
 STATE_VERSION = 1
-# What a method keeps from one phase to the next besides the deployed model: the attributes
-# its begin_phase does not rebuild. Among the methods without old data only EWC keeps any
-# (its running Fisher matrix, methods/ewc.py); the others start each phase from the
-# deployed model alone. Keyed by the method's class name, so that variants share it.
-CARRIED: dict[str, tuple[str, ...]] = {"ewc": ("fisher",)}
 
 
 @dataclass(frozen=True)
@@ -175,7 +170,7 @@ class Learner:
         with torch.load(weights_only=True)."""
         method = self._method
         carried = {name: on_device(getattr(method, name, None), torch.device("cpu"))
-                   for name in CARRIED.get(type(method).name, ())}
+                   for name in method.carried}
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "method": method.label,
                 "options": options_of(method), "phase": self._phase,
                 "model": {k: v.detach().cpu().clone()
@@ -196,7 +191,7 @@ class Learner:
                               f"this Learner runs {method.label} with {options_of(method)}")
         load_weights(self._model, dict(state["model"]), "Learner state",
                      type(self._model).__name__)
-        for name in CARRIED.get(type(method).name, ()):
+        for name in method.carried:
             setattr(method, name, on_device(state["carried"].get(name), self._device))
         self._phase = int(state["phase"])
 

@@ -75,6 +75,10 @@ class Method:
     # Under torchrun: whether a step may leave trainable parameters unused (DDP then looks).
     unused_parameters: ClassVar[bool] = False
     options_type: ClassVar[type] = NoOptions
+    # Attributes that go on from one phase to the next (begin_phase does not rebuild them),
+    # tensors or dicts of tensors: what a Learner's state_dict must carry besides the
+    # deployed model (EWC's running Fisher matrix).
+    carried: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.options_type()

@@ -197,6 +197,7 @@ class EWC(Finetune):
     name = "ewc"
     description = "online EWC: cross-entropy on D(t) + diagonal Fisher penalty towards M(t-1)"
     options_type = EWCOptions
+    carried = ("fisher",)
 
     def __init__(self, options: EWCOptions | None = None) -> None:
         super().__init__(options)
