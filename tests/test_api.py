@@ -270,10 +270,21 @@ def test_the_command_line_is_the_same_promotion(tmp_path: Path,
                          classes=ckpt.classes, image_format=instil.ImageFormat(3, SIZE, MEAN, STD),
                          settings=["method_options.dbd.freeze_epochs=1"],
                          **{**QUICK, "options": None})
-    files_only = {"model", "arch", "out", "date", "train_seconds", "train"}
+    files_only = {"model", "arch", "out", "date", "train_seconds", "train", "epochs"}
     assert set(cli) == set(api.report)
     assert {k: v for k, v in cli.items() if k not in files_only} == \
         {k: v for k, v in api.report.items() if k not in files_only}
+
+    # The same training, epoch by epoch (its clock aside), in both reports and in the file
+    # the command line writes beside them.
+    def untimed(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                for r in records]
+
+    assert [r["epoch"] for r in cli["epochs"]] == [1, 2]
+    assert untimed(cli["epochs"]) == untimed(api.report["epochs"])
+    lines = (tmp_path / "p.epochs.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == cli["epochs"]
     assert cli["train"]["overrides"] == api.report["train"]["overrides"]
     written = build_model(load_checkpoint(out), out)
     assert weights_hash(written) == weights_hash(api.model)

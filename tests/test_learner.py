@@ -17,6 +17,7 @@ from instil.cli import main
 from instil.config import load_config
 from instil.data import load_dataset
 from instil.data.split import load_manifest
+from instil.engine.epochs import read_epochs
 from tests.conftest import TOY_SETS, weights_hash
 
 # One order seed of the toy protocol (tests.conftest), with DBD's freezing period inside the
@@ -36,7 +37,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = load_config(Path("configs/toy2d.yaml"), sets)
     m0 = load_checkpoint(out / "models" / "m0-0.pt")
     return {"results": json.loads((out / "results.json").read_text()), "config": config,
-            "models": out / "models",
+            "models": out / "models", "epochs": read_epochs(out),
             "m0": build_model(m0, "m0"), "split": load_manifest(out / "manifest-0.json"),
             "data": load_dataset(config.data)}
 
@@ -64,10 +65,20 @@ def test_a_learner_fed_a_runs_parts_reproduces_its_accuracies(toy_run: dict,
     expected = [p["acc_test"] for p in run["phases"]]
     learner = toy_learner(toy_run, method)
     got = []
+    untimed = ("method", "seconds", "images_per_s")
     for t, part in enumerate(parts(toy_run), start=1):
         report = learner.learn(part)
         assert report.phase == t == learner.phase and report.images == len(part[1])
         got.append(report.acc_after)
+        # The phase's per-epoch record is the run's (loss terms and facts; the clock aside).
+        logged = sorted((r for r in toy_run["epochs"]
+                         if r["method"] == method and r["phase"] == t),
+                        key=lambda r: r["epoch"])
+        assert len(report.epochs) == len(logged) > 0
+        assert {r["method"] for r in report.epochs} == {method}
+        for mine, theirs in zip(report.epochs, logged):
+            assert {k: v for k, v in mine.items() if k not in untimed} == pytest.approx(
+                {k: v for k, v in theirs.items() if k not in untimed}, rel=1e-5)
     # metrics.accuracy takes a float32 mean: equal up to its rounding, far below one sample.
     assert got == pytest.approx(expected, abs=1e-4)
     assert len(set(got)) > 1  # the phases changed the model

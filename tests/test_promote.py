@@ -131,6 +131,15 @@ def test_a_passing_promotion_writes_a_loadable_checkpoint(
     # The checkpoint's config says crop padding 2 (fmnist-quick): carried into the phase.
     assert report["train"]["crop_padding"] == 2
     assert "Gate: passed" in (tmp_path / "promoted.report.md").read_text()
+    # The training's per-epoch record beside the reports, as a run folder's epochs.jsonl:
+    # dbd's loss terms, every epoch once.
+    epochs = [json.loads(line) for line in
+              (tmp_path / "promoted.epochs.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["phase"], r["epoch"]) for r in epochs] == [("dbd", 1, 1),
+                                                                       ("dbd", 1, 2)]
+    assert {"loss", "l_fl", "l_dis", "outer_fraction", "ema_steps"} <= set(epochs[-1])
+    assert epochs == report["epochs"]
+    assert "### Training per epoch" in (tmp_path / "promoted.report.md").read_text()
     # A second promotion into the same file needs --overwrite.
     line = error_of(["promote", "--model", str(ckpt_path), "--new-data",
                      str(fmnist_run["new"]), "--out", str(out), *QUICK], capsys)
@@ -151,6 +160,7 @@ def test_a_failing_gate_exits_3_and_leaves_the_checkpoint_alone(
     report = json.loads((tmp_path / "reports" / "promoted.report.json").read_text())
     assert not report["gate"]["passed"]
     assert (tmp_path / "reports" / "promoted.report.md").is_file()
+    assert (tmp_path / "reports" / "promoted.epochs.jsonl").is_file()
     # Without --holdout a seeded 20% of every class of --new-data is scored, never trained on.
     assert "20% of" in report["holdout"]["source"]
     assert report["new_data"]["images"] + report["holdout"]["images"] == 80

@@ -133,7 +133,7 @@ def promote(model: nn.Module, new_data: Data, *, holdout: Data | None = None,
         train=training_record(config, chosen, target, settings), new=data.new,
         fingerprint=phase.fingerprint, holdout=data.holdout, holdout_source=data.held_out,
         scores=compare(phase.before, phase.after, data.holdout, data.classes),
-        min_gain=min_gain, max_nfr=max_nfr, seconds=phase.seconds)
+        min_gain=min_gain, max_nfr=max_nfr, seconds=phase.seconds, epochs=phase.epochs)
     gate = report["gate"]
     return Promotion(like(phase.model, model), gate["passed"], report, gate["reason"])
 

@@ -148,7 +148,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, show_progress=not args.no_progress)
     outcome = promote_checkpoint(request)
     print(report_markdown(outcome.report), end="")
-    reports = " and ".join(str(p) for p in outcome.report_files)
+    reports = ", ".join(str(p) for p in outcome.report_files)
     if not outcome.passed:
         print(f"instil: not promoted: {outcome.report['gate']['reason']}; {args.out} not "
               f"written (reports: {reports})", file=sys.stderr)

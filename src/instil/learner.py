@@ -9,9 +9,10 @@ next phase needs, tensors and plain data only, so that learning resumes after a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -54,7 +55,9 @@ class PhaseReport:
     """One phase of a Learner: its number (1, 2, ...), the samples it trained on, its
     training seconds, what the method measured (DBD's ema_steps, finetune-es's kept
     epoch), and with a holdout its accuracy (%) before and after the phase and the
-    negative-flip rate (% of the holdout right before and wrong after)."""
+    negative-flip rate (% of the holdout right before and wrong after); `epochs`: the
+    phase's per-epoch record (lr, seconds, the loss terms' means, the method's epoch facts),
+    as a run folder's epochs.jsonl has it."""
 
     phase: int
     images: int
@@ -63,6 +66,7 @@ class PhaseReport:
     acc_before: float | None = None
     acc_after: float | None = None
     nfr: float | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Learner:
@@ -154,14 +158,15 @@ class Learner:
         # Methods freeze their teacher, which they deploy: the caller's flags come back.
         for p, flag in zip(self._model.parameters(), self._requires_grad):
             p.requires_grad_(flag)
-        report = PhaseReport(t, len(data), result.seconds, dict(self._method.phase_facts()))
+        report = PhaseReport(t, len(data), result.seconds, dict(self._method.phase_facts()),
+                             epochs=result.epochs)
         if result.before is None or self._holdout is None:
             return report
         labels = self._holdout.labels
         right_before, right_after = result.before == labels, result.after == labels
-        return PhaseReport(t, len(data), result.seconds, report.facts,
-                           percent(right_before), percent(right_after),
-                           percent(right_before & ~right_after))
+        return dataclasses.replace(report, acc_before=percent(right_before),
+                                   acc_after=percent(right_after),
+                                   nfr=percent(right_before & ~right_after))
 
     def state_dict(self) -> dict[str, Any]:
         """What learning needs to go on after a restart: the deployed model's weights, the

@@ -79,9 +79,18 @@ def clean(value: Any) -> Any:
     return value
 
 
+def line(record: dict[str, Any]) -> str:
+    return json.dumps({k: clean(v) for k, v in record.items()}) + "\n"
+
+
 def append(folder: Path, record: dict[str, Any]) -> None:
     with open(Path(folder) / EPOCHS_FILE, "a") as f:
-        f.write(json.dumps({k: clean(v) for k, v in record.items()}) + "\n")
+        f.write(line(record))
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """A whole record at once (a promotion's, beside its report), written atomically."""
+    atomic_write_text(path, "".join(line(r) for r in records))
 
 
 def check_tensorboard() -> None:

@@ -106,9 +106,12 @@ class Session:
     # as epochs_trained_here, the proof that it went on rather than started over.
     epochs_trained: int = 0
     board: epoch_log.Board | None = None  # TensorBoard writers (log.tensorboard, rank 0)
-    # The folder whose epochs.jsonl gets every epoch's record; None: no record (a
+    # The folder whose epochs.jsonl gets every epoch's record; None: no file (a
     # promotion's session, whose folder is never written).
     record_to: Path | None = None
+    # Where a promotion's session keeps the same records in memory (its caller writes them
+    # beside its report); None: not kept.
+    records: list[dict[str, Any]] | None = None
 
     def new_model(self, *seed_parts: object) -> nn.Module:
         torch.manual_seed(derive_seed(self.config.seed, *seed_parts))
@@ -306,9 +309,13 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         session.bar.set_postfix(loss=f"{loss:.4f}")
 
     def on_record(numbers: dict[str, float]) -> None:
-        if not w.main or session.record_to is None:  # the numbers are all ranks' means
+        if not w.main:  # the numbers are all ranks' means: rank 0 records them
             return
         record = {"method": tag, "order_seed": split.order_seed, "phase": phase, **numbers}
+        if session.records is not None:
+            session.records.append(record)
+        if session.record_to is None:
+            return
         epoch_log.append(session.record_to, record)
         if session.board is not None:
             session.board.epoch(record, budget.epochs)

@@ -27,6 +27,7 @@ from instil.checkpoint import (
     save_checkpoint,
 )
 from instil.engine.device import rng_state
+from instil.engine.epochs import write_records
 from instil.engine.protocol import prepare_output
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
@@ -65,15 +66,18 @@ class PromoteRequest:
 class Outcome:
     report: dict[str, Any]
     passed: bool
-    report_files: tuple[Path, Path]  # JSON, Markdown
+    report_files: tuple[Path, Path, Path]  # JSON, Markdown, the per-epoch record
 
 
-def report_files(request: PromoteRequest) -> tuple[Path, Path]:
-    """NEW_CKPT with suffix .report.json / .report.md, or files of that name under --report."""
+def report_files(request: PromoteRequest) -> tuple[Path, Path, Path]:
+    """NEW_CKPT with suffix .report.json / .report.md / .epochs.jsonl (the training's
+    per-epoch record, one JSON object a line as in a run folder's epochs.jsonl), or files
+    of those names under --report."""
     out = Path(request.out)
     stem = out.with_suffix("").name
     folder = Path(request.report_dir) if request.report_dir else out.parent
-    return folder / f"{stem}.report.json", folder / f"{stem}.report.md"
+    return (folder / f"{stem}.report.json", folder / f"{stem}.report.md",
+            folder / f"{stem}.epochs.jsonl")
 
 
 def check_outputs(request: PromoteRequest) -> None:
@@ -141,11 +145,12 @@ def promote_locked(request: PromoteRequest) -> Outcome:
         settings=request.overrides, show_progress=request.show_progress)
     report = {**promotion.report, "model": str(request.model), "arch": request.arch,
               "out": str(request.out)}
-    json_file, md_file = report_files(request)
+    json_file, md_file, epochs_file = report_files(request)
     if promotion.passed:  # the checkpoint first: a report never names a file not written
         new_ckpt = promoted_checkpoint(ckpt, promotion.model, report)
         build_model(new_ckpt, request.out)  # rebuilds from the registry, or fails unwritten
         save_checkpoint(request.out, new_ckpt)
     atomic_write_json(json_file, report)
     atomic_write_text(md_file, report_markdown(report))
-    return Outcome(report, promotion.passed, (json_file, md_file))
+    write_records(epochs_file, report["epochs"])
+    return Outcome(report, promotion.passed, (json_file, md_file, epochs_file))

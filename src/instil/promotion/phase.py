@@ -127,6 +127,9 @@ class PhaseResult:
     fingerprint: str  # of the samples trained on
     before: torch.Tensor | None  # holdout predictions of the model the phase started from
     after: torch.Tensor | None  # ... and of the deployed model; None without a holdout
+    # The phase's per-epoch record, as `instil run` writes it to epochs.jsonl: epoch, lr,
+    # seconds, images/s, the loss terms' means and the method's epoch facts.
+    epochs: list[dict[str, Any]]
 
 
 def phase_split(n: int, fingerprint: str, phase: int) -> IILSplit:
@@ -168,15 +171,17 @@ def run_phase(previous: nn.Module, method: Method, config: Config, new: Labelled
     budget = budget_of(config, method)
     with tqdm(total=budget.epochs, unit="epoch", dynamic_ncols=True,
               disable=None if show_progress else True) as bar:
-        # The session's folder is never written: the methods a promotion runs keep no files.
+        # The session's folder is never written: the methods a promotion runs keep no
+        # files, and the per-epoch record stays in memory for the caller.
         session = Session(config, source, device, Path("."), bar,
-                          channels_last=channels_last)
+                          channels_last=channels_last, records=[])
         scored = holdout is not None
         before = session.predict(previous, "test", None) if scored else None
         seconds, _ = train_phase(session, method, split, phase, previous, method.label, budget)
         deployed = method.deployed()
         after = session.predict(deployed, "test", None) if scored else None
-    return PhaseResult(deployed, seconds, bundle.fingerprint, before, after)
+    return PhaseResult(deployed, seconds, bundle.fingerprint, before, after,
+                       session.records or [])
 
 
 def with_phases(config: Config, n_phases: int) -> Config:

@@ -69,8 +69,10 @@ def gate(gain: float, nfr: float, min_gain: float, max_nfr: float) -> tuple[bool
 def build_report(*, model: str, method: str, options: dict[str, Any], train: dict[str, Any],
                  new: Labelled, fingerprint: str, holdout: Labelled, holdout_source: str,
                  scores: dict[str, Any], min_gain: float, max_nfr: float,
-                 seconds: float) -> dict[str, Any]:
-    """The report: what ran on what, the scores and the gate's verdict. `model`, `arch` and
+                 seconds: float, epochs: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """The report: what ran on what, the scores, the gate's verdict and the training's
+    per-epoch record (`epochs`, as epochs.jsonl of `instil run` has it). `model`, `arch` and
     `out` describe the files of `instil promote` (it fills in the last two)."""
     passed, reason = gate(scores["gain"], scores["negative_flips"]["nfr"], min_gain, max_nfr)
     return {
@@ -84,7 +86,31 @@ def build_report(*, model: str, method: str, options: dict[str, Any], train: dic
                  "reason": reason},
         "train_seconds": seconds,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "epochs": list(epochs or []),
     }
+
+
+# Keys of a per-epoch record that are no loss term or fact of the method.
+EPOCH_COLUMNS = ("method", "order_seed", "phase", "epoch", "lr", "seconds", "images_per_s")
+
+
+def epochs_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """The training's per-epoch table: lr, then the loss terms and the method's facts."""
+    if not records:
+        return []
+    names = [k for k in records[0] if k not in EPOCH_COLUMNS]
+    lines = ["", "### Training per epoch", "",
+             "| epoch | lr | " + " | ".join(names) + " | s |",
+             "|---:|---:|" + "---:|" * len(names) + "---:|"]
+    for r in records:
+        cells = [fmt_term(r.get(name)) for name in names]
+        lines.append(f"| {r['epoch']} | {r['lr']:.4g} | " + " | ".join(cells)
+                     + f" | {r['seconds']:.1f} |")
+    return lines
+
+
+def fmt_term(value: Any) -> str:
+    return "–" if not isinstance(value, (int, float)) else f"{value:.4g}"
 
 
 def fmt(value: float | None, sign: bool = False) -> str:
@@ -133,6 +159,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         verdict(report),
     ]
+    lines += epochs_markdown(report.get("epochs", []))
     for title, flips in (("Negative", neg), ("Positive", pos)):
         if flips["files"]:
             shown = len(flips["files"])
