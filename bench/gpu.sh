@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Speed on a GPU machine with no internet: CIFAR-100-shaped synthetic images (50,000 + 10,000,
-# 3x32x32, 100 classes) through the cifar100-iil10 preset's ResNet-18, bf16 + channels_last,
-# with and without torch.compile. Prints the ceiling, finetune and dbd images/s and an
-# estimate of the whole cifar100-iil10 protocol (finetune, dbd, joint, 5 order seeds).
-# Needs only python3 with torch (>= 2.4) and pyyaml, numpy, tqdm, matplotlib; no install.
-#   bench/gpu.sh                 # figures to stdout and to $OUT (default: runs/bench-gpu)
-# Sized to finish in well under 8 minutes on one H100 (most of it is compilation).
+# The GPU checks, on a machine with no internet; only python3 with torch (>= 2.4) and pyyaml,
+# numpy, tqdm, matplotlib are needed, no install.
+#   bench/gpu.sh protocol   # (default) one order seed of cifar100-iil10 with finetune, lwf
+#                           # and dbd, from M(0) to phase 10: CIFAR100_ROOT's cifar-100-python
+#                           # folder, or one of random images in the official format
+#   bench/gpu.sh speed      # instil bench speed on CIFAR-100-shaped images, bf16 +
+#                           # channels_last, with and without torch.compile
+# Results under $OUT (default runs/bench-gpu): the run folder (results.json, summary.md,
+# epochs.jsonl; `instil run ... --resume` goes on from it) and the speed JSON files.
+# The protocol is meant to finish within 10 minutes on one H100/H200 class GPU: it is
+# stopped at 10 minutes either way, keeping what it finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,12 +20,36 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 print(torch.__version__, torch.cuda.get_device_name(0), file=sys.stderr)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-COMMON=(--preset configs/cifar100-iil10.yaml --device cuda --steps 60
-        --set data.name=synthetic
-        --set 'data.options={channels: 3, size: 32, num_classes: 100, n_train: 50000, n_test: 10000}'
-        --set precision=bf16 --set channels_last=true)
-for compile in false true; do
-  echo "== compile=$compile"
-  timeout 300 "$PYTHON" -m instil bench speed "${COMMON[@]}" --set compile=$compile \
-    --json "$OUT/cifar100-bf16-compile-$compile.json"
-done
+FAST=(--set precision=bf16 --set channels_last=true)
+
+protocol() {
+  local root=${CIFAR100_ROOT:-}
+  if [ -z "$root" ]; then
+    root="$OUT/cifar100-random"
+    [ -d "$root/cifar-100-python" ] || "$PYTHON" bench/cifar100-folder.py "$root"
+  fi
+  local start=$SECONDS status=0
+  timeout 600 "$PYTHON" -m instil run configs/cifar100-iil10.yaml --out "$OUT/protocol" \
+    --resume --no-progress --set "data.root=$root" --set 'order_seeds=[0]' \
+    --set 'methods=[finetune, lwf, dbd]' --set device=cuda "${FAST[@]}" || status=$?
+  echo "protocol: $((SECONDS - start)) s, exit $status (124: stopped at 10 minutes)"
+  "$PYTHON" -m instil report "$OUT/protocol" || true
+}
+
+speed() {
+  local common=(--preset configs/cifar100-iil10.yaml --device cuda --steps 60
+                --set data.name=synthetic
+                --set 'data.options={channels: 3, size: 32, num_classes: 100, n_train: 50000, n_test: 10000}'
+                "${FAST[@]}")
+  for compile in false true; do
+    echo "== compile=$compile"
+    timeout 300 "$PYTHON" -m instil bench speed "${common[@]}" --set compile=$compile \
+      --json "$OUT/cifar100-bf16-compile-$compile.json"
+  done
+}
+
+case "${1:-protocol}" in
+  protocol) protocol ;;
+  speed) speed ;;
+  *) echo "usage: bench/gpu.sh [protocol|speed]" >&2; exit 2 ;;
+esac

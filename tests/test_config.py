@@ -126,3 +126,20 @@ def test_an_unknown_preset_name_is_refused_with_the_names() -> None:
     with pytest.raises(InstilError, match=r"fmnsit-quick: neither a config file nor a preset; "
                                           r"presets: cifar100-iil10, .*fmnist-quick, .*toy2d"):
         config_path("fmnsit-quick")
+
+
+@pytest.mark.parametrize("preset", ["cifar100-iil10", "imagenet100-iil10"])
+def test_the_paper_benchmarks_run_the_papers_method_and_every_baseline(preset: str) -> None:
+    from instil.engine.protocol import budget_of, method_for
+    from instil.methods.dbd import ema_steps_per_phase
+
+    config = load_config(Path(f"configs/{preset}.yaml"), [])
+    fmnist = load_config(Path("configs/fmnist-iil10.yaml"), [])
+    assert set(fmnist.methods) <= set(config.methods)
+    assert {"dbd", "dbd-nofl", "dbd-nodis", "dbd-nokc", "dbd-dis-only", "lwf",
+            "joint"} <= set(config.methods)
+    for name in config.methods:  # every method accepts the preset's phase budget
+        method = method_for(config, name)
+        method.check_budget(budget_of(config, method))
+    dbd = method_for(config, "dbd")
+    assert ema_steps_per_phase(config.phase.epochs, dbd.options.freeze_epochs) > 1

@@ -7,8 +7,12 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instil.errors import InstilError
+
+if TYPE_CHECKING:
+    from instil.config import Config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     speed.add_argument("--set", dest="overrides", action="append", default=[],
                        help="override a config key, e.g. --set precision=bf16")
+    tele = kind.add_parser("telemetry", help="what the per-epoch record costs an epoch: "
+                           "paired epochs with and without it, alternating")
+    tele.add_argument("--preset", dest="config", type=Path, default=Path("fmnist-iil10"),
+                      help="a preset's name or a YAML file (default: fmnist-iil10)")
+    tele.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
+    tele.add_argument("--methods", default="finetune,lwf,dbd",
+                      help="comma-separated methods (default: finetune,lwf,dbd)")
+    tele.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    tele.add_argument("--rounds", type=int, default=20,
+                      help="paired epochs per method; the median ratio is reported")
+    tele.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    tele.add_argument("--set", dest="overrides", action="append", default=[],
+                      help="override a config key")
     add_promote_parsers(sub)
     return parser
 
@@ -179,6 +196,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = load_named(args)
     if args.device:
         config = dataclasses.replace(config, device=args.device)
+    if args.bench == "telemetry":
+        return cmd_bench_telemetry(args, config)
     if args.steps < 1 or args.repeats < 1 or (args.batch is not None and args.batch < 2):
         raise InstilError("--steps and --repeats must be >= 1 and --batch >= 2 (BatchNorm "
                           "needs two)")
@@ -191,6 +210,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not w.main:
         return 0
     print(speed_table(figures))
+    if args.json:
+        atomic_write_json(args.json, {"config": config.to_dict(), "figures": figures})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_telemetry(args: argparse.Namespace, config: Config) -> int:
+    from instil.bench_telemetry import bench_telemetry, telemetry_table
+    from instil.io import atomic_write_json
+    from instil.methods import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InstilError(f"--methods {args.methods}: unknown {', '.join(unknown) or '(none)'}"
+                          f"; methods: {', '.join(sorted(METHODS))}")
+    if args.steps < 2 or args.rounds < 2:
+        raise InstilError("--steps and --rounds must be >= 2")
+    figures = bench_telemetry(config, methods, steps=args.steps, rounds=args.rounds)
+    print(telemetry_table(figures))
     if args.json:
         atomic_write_json(args.json, {"config": config.to_dict(), "figures": figures})
         print(f"wrote {args.json}")
