@@ -10,7 +10,7 @@ PRESET ?= configs/fmnist-quick.yaml
 DATA ?= data
 ARGS ?=
 
-.PHONY: run test check-wheel data lint clean
+.PHONY: run test check-wheel data lint mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ test: $(STAMP)
 check-wheel: $(STAMP)
 	bash scripts/check-wheel.sh
 
+# Mutation testing of the core modules (pyproject.toml's [tool.mutmut]; docs/testing.md):
+# slow, not part of `make test` or CI. Scores and survivors go to runs/mutation/.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS),mutation]'
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python scripts/mutation-score.py runs/mutation
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs mutants

@@ -290,6 +290,43 @@ def test_the_command_line_is_the_same_promotion(tmp_path: Path,
     assert weights_hash(written) == weights_hash(api.model)
 
 
+
+@pytest.mark.parametrize("method", ["dbd", "finetune", "lwf", "ewc"])
+def test_layers_the_caller_froze_stay_frozen(method: str) -> None:
+    model = built("user")
+    model.conv.requires_grad_(False)  # a frozen feature layer, as a user freezes a backbone
+    conv = [p.detach().clone() for p in model.conv.parameters()]
+    head = model.out.weight.detach().clone()
+    options = {"freeze_epochs": 1} if method == "dbd" else None
+    promoted = instil.promote(model, images(24, seed=1), holdout=images(12, seed=2),
+                              **{**QUICK, "method": method, "options": options}).model
+    assert all(torch.equal(a, b) for a, b in zip(promoted.conv.parameters(), conv))
+    assert not torch.equal(promoted.out.weight, head)  # the rest learnt
+    assert [p.requires_grad for p in promoted.parameters()] == \
+        [p.requires_grad for p in model.parameters()]
+
+
+def test_a_model_frozen_whole_for_serving_trains_whole() -> None:
+    model = built("user").requires_grad_(False)
+    before = model.conv.weight.detach().clone()
+    promoted = instil.promote(model, images(24, seed=1), holdout=images(12, seed=2),
+                              **QUICK).model
+    assert not torch.equal(promoted.conv.weight, before)
+    assert not any(p.requires_grad for p in promoted.parameters())  # as it came
+
+
+def test_a_learner_keeps_frozen_layers_frozen_across_phases() -> None:
+    model = built("user")
+    model.conv.requires_grad_(False)
+    conv = model.conv.weight.detach().clone()
+    learner = instil.Learner(model, "dbd", epochs=2, batch_size=8,
+                             options={"freeze_epochs": 1}, device="cpu")
+    for seed in (1, 2):
+        learner.learn(images(24, seed=seed))
+    assert torch.equal(learner.model.conv.weight, conv)
+    assert not torch.equal(learner.model.out.weight, model.out.weight)
+
+
 # --- bad input: one line, an InstilError subclass, the model untouched ---------------------
 
 def refused(model: nn.Module, error: type, *args: object, **kwargs: object) -> str:

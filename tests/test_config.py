@@ -143,3 +143,14 @@ def test_the_paper_benchmarks_run_the_papers_method_and_every_baseline(preset: s
         method.check_budget(budget_of(config, method))
     dbd = method_for(config, "dbd")
     assert ema_steps_per_phase(config.phase.epochs, dbd.options.freeze_epochs) > 1
+
+
+def test_a_run_without_methods_is_refused_in_one_line(tmp_path: Path, toy_args: list[str],
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from instil.cli import main
+
+    code = main(["run", "configs/toy2d.yaml", "--out", str(tmp_path / "out"), "--no-progress",
+                 *toy_args, "--set", "methods=[]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "methods=[]" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -204,6 +204,9 @@ def prepare_output(out: Path) -> None:
 
 def create_methods(config: Config) -> list[Method]:
     """Builds every method up front, so a typo in a name or option fails before training."""
+    if not config.methods:
+        raise InstilError("methods=[]: a run needs at least one method, e.g. --set "
+                          "'methods=[finetune]'")
     methods = [method_for(config, name) for name in config.methods]
     unknown = sorted(set(config.method_budgets) - set(METHODS))
     if unknown:
@@ -282,17 +285,22 @@ def epoch_saver(every_seconds: float, last_epoch: int,
 
 def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
                 previous: nn.Module | None, tag: str, budget: TrainConfig,
-                resume: Progress | None = None, on_progress: OnProgress | None = None
-                ) -> tuple[float, int]:
+                resume: Progress | None = None, on_progress: OnProgress | None = None,
+                frozen: frozenset[str] = frozenset()) -> tuple[float, int]:
     """Runs one phase of `method` from `previous`; returns its training seconds (the
     method's set-up included) and the number of samples it trained on. With `resume`, the
-    method is already inside the phase (restored by --resume) and training goes on."""
+    method is already inside the phase (restored by --resume) and training goes on.
+    `frozen`: names of parameters of the trainable module that keep requires_grad False
+    (a promotion keeps the caller's frozen layers frozen; the optimiser skips them)."""
     config = session.config
     started = time.perf_counter()
     w = world()
     if resume is None:
         torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase))
         method.begin_phase(previous, phase_context(session, split, phase, tag, budget))
+        for name, p in method.trainable().named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
         if w.distributed:  # training noise (dusting, mixing) of its own on every rank
             torch.manual_seed(derive_seed(config.seed, split.order_seed, tag, phase, w.rank))
     set_up = time.perf_counter() - started

@@ -187,8 +187,9 @@ def check_stable(fisher: Tensors, lambda_ewc: float, budget: TrainConfig, phase:
 
 
 def ewc_penalty(params: Tensors, fisher: Tensors, anchor: Tensors) -> torch.Tensor:
-    """Σ F · (θ − θ*)², over the parameters in `fisher`."""
-    terms = [(fisher[n] * (params[n] - anchor[n]).pow(2)).sum() for n in fisher]
+    """Σ F · (θ − θ*)², over the parameters that train (`params`): a frozen one stays at
+    its anchor, so it would add nothing."""
+    terms = [(fisher[n] * (params[n] - anchor[n]).pow(2)).sum() for n in params]
     return torch.stack(terms).sum()
 
 

@@ -177,11 +177,22 @@ def run_phase(previous: nn.Module, method: Method, config: Config, new: Labelled
                           channels_last=channels_last, records=[])
         scored = holdout is not None
         before = session.predict(previous, "test", None) if scored else None
-        seconds, _ = train_phase(session, method, split, phase, previous, method.label, budget)
+        seconds, _ = train_phase(session, method, split, phase, previous, method.label, budget,
+                                 frozen=frozen_names(previous))
         deployed = method.deployed()
         after = session.predict(deployed, "test", None) if scored else None
     return PhaseResult(deployed, seconds, bundle.fingerprint, before, after,
                        session.records or [])
+
+
+def frozen_names(model: nn.Module) -> frozenset[str]:
+    """The parameters the caller froze (requires_grad False), which a promotion leaves as
+    they are; none when every parameter is frozen: a model frozen whole (for serving, with
+    `model.requires_grad_(False)`) trains whole."""
+    flags = dict((name, p.requires_grad) for name, p in model.named_parameters())
+    if not any(flags.values()):
+        return frozenset()
+    return frozenset(name for name, trains in flags.items() if not trains)
 
 
 def with_phases(config: Config, n_phases: int) -> Config:
