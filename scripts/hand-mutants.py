@@ -25,6 +25,7 @@ METRICS = "instil/metrics.py"
 PROMOTE_FILES = "instil/promotion/files.py"
 PROMOTE_PHASE = "instil/promotion/phase.py"
 PROMOTE_REPORT = "instil/promotion/report.py"
+PROMOTE_GATE = "instil/promotion/gate.py"
 WIRING = "tests/engine/test_protocol.py"
 STARTS = f"{WIRING}::test_every_phase_starts_from_the_model_the_last_one_deployed[dbd]"
 ACC_BASE = f"{WIRING}::test_acc_base_is_the_accuracy_on_exactly_d0"
@@ -129,7 +130,7 @@ MUTANTS = [
      'after = session.predict(deployed, "test", None)',
      'after = session.predict(previous, "test", None)',
      f"{GATE}::test_the_written_checkpoint_is_the_model_scored_after"),
-    ("promote: a gain equal to --min-gain refused", PROMOTE_REPORT,
+    ("promote: a gain equal to --min-gain refused", PROMOTE_GATE,
      "if gain < min_gain:", "if gain <= min_gain:",
      f"{GATE}::test_a_case_passing_only_because_of_the_gain_threshold"),
     # The base-model cache.

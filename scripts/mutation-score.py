@@ -3,9 +3,8 @@ survivor's diff, from mutmut's own `results` and `show` commands.
 
     .venv/bin/python scripts/mutation-score.py [OUT]   # default OUT: runs/mutation
 
-Writes OUT/score.md (a table per module; the promotion report's gate apart from its
-Markdown) and OUT/survivors.md (each surviving mutant's diff, to judge by hand), and prints
-the table. A timeout counts as killed (the mutant made the tests hang, which fails them);
+Writes OUT/score.md (a table per module) and OUT/survivors.md (each surviving mutant's
+diff, to judge by hand), and prints the table. A timeout counts as killed (the mutant made the tests hang, which fails them);
 a mutant that no selected test reaches counts as surviving.
 """
 
@@ -21,9 +20,6 @@ MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 LINE = re.compile(r"^\s*(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
 NAME = re.compile(r"^(?P<module>.+?)\.x[_ǁ](?P<function>.+)__mutmut_\d+$")
 KILLED = {"killed", "timeout"}
-# Functions of promotion/report.py that decide the gate or compute its inputs; the rest of
-# that file writes the Markdown report.
-GATE = {"gate", "compare", "percent", "build_report"}
 
 
 def results() -> list[tuple[str, str]]:
@@ -33,16 +29,12 @@ def results() -> list[tuple[str, str]]:
 
 
 def group_of(name: str) -> str:
-    """instil.promotion.report.x_gate__mutmut_3 -> "promotion/report.py (gate)"."""
+    """instil.promotion.gate.x_gate__mutmut_3 -> "promotion/gate.py"."""
     # mutmut's names: module.x_function__mutmut_N, module.xǁClassǁmethod__mutmut_N
     match = NAME.match(name)
     if match is None:
         return name
-    path = match["module"].removeprefix("instil.").replace(".", "/") + ".py"
-    function = match["function"].split("ǁ")[-1]
-    if path == "promotion/report.py":
-        return f"{path} ({'gate' if function in GATE else 'Markdown'})"
-    return path
+    return match["module"].removeprefix("instil.").replace(".", "/") + ".py"
 
 
 def table(rows: list[tuple[str, str]]) -> str:

@@ -18,8 +18,8 @@ from instil.cli import main
 from instil.data.fmnist import CLASSES, MEAN, STD, load_fmnist
 from instil.models import create_model
 from instil.promotion.folders import read_images
+from instil.promotion.gate import compare, gate
 from instil.promotion.labelled import Labelled, split_holdout
-from instil.promotion.report import compare, gate
 from tests.conftest import write_fmnist
 
 # DBD consolidates only after freeze_epochs, which must stay below --epochs.

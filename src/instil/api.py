@@ -24,6 +24,7 @@ from instil.engine.protocol import budget_of, options_of
 from instil.errors import DataError
 from instil.methods.base import Method
 from instil.promotion.folders import ImageFormat
+from instil.promotion.gate import compare
 from instil.promotion.labelled import Labelled, split_holdout
 from instil.promotion.phase import (
     Augment,
@@ -32,7 +33,7 @@ from instil.promotion.phase import (
     resolve_augment,
     run_phase,
 )
-from instil.promotion.report import build_report, compare, report_markdown
+from instil.promotion.report import build_report, report_markdown
 from instil.promotion.sources import (
     Data,
     check_labels,

@@ -26,6 +26,7 @@ from instil.engine.protocol import options_of
 from instil.errors import DataError, InstilError, MethodError
 from instil.methods.base import Method
 from instil.promotion.folders import ImageFormat
+from instil.promotion.gate import percent
 from instil.promotion.labelled import Labelled
 from instil.promotion.phase import (
     Augment,
@@ -35,7 +36,6 @@ from instil.promotion.phase import (
     run_phase,
     with_phases,
 )
-from instil.promotion.report import percent
 from instil.promotion.sources import (
     Data,
     check_labels,
