@@ -4,8 +4,9 @@ survivor's diff, from mutmut's own `results` and `show` commands.
     .venv/bin/python scripts/mutation-score.py [OUT]   # default OUT: runs/mutation
 
 Writes OUT/score.md (a table per module) and OUT/survivors.md (each surviving mutant's
-diff, to judge by hand), and prints the table. A timeout counts as killed (the mutant made the tests hang, which fails them);
-a mutant that no selected test reaches counts as surviving.
+diff, to judge by hand), and prints the table. A timeout counts as killed (the mutant made
+the tests hang, which fails them); a mutant that no selected test reaches counts as
+surviving.
 """
 
 from __future__ import annotations
