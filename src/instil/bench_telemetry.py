@@ -33,9 +33,10 @@ from instil.methods.base import Method, PhaseContext
 
 
 def silenced(method: Method) -> Method:
-    """`method` with its telemetry off: it notes no terms (and DBD computes no outer-sample
-    count for them). Instance attributes shadow the class's methods for this copy only."""
+    """`method` with its telemetry off: it declares and notes no terms (and DBD computes no
+    outer-sample count for them). Instance attributes shadow the class's methods for this copy only."""
     method.note_terms = lambda **terms: None  # type: ignore[method-assign]
+    method.term_names = lambda: ()  # type: ignore[method-assign]
     if hasattr(method, "clean_terms"):
         method.clean_terms = lambda teacher, y: {}  # type: ignore[attr-defined]
     return method

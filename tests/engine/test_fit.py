@@ -70,3 +70,23 @@ def test_cosine_schedule_with_warmup() -> None:
     assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(99, 100, 0, "constant") == 1.0
+
+
+def test_a_method_must_note_the_terms_it_declares() -> None:
+    source = toy_source()
+    batches = source.batches("train", np.arange(200), BatchPlan(32, train=True))
+    method = started_finetune()  # declares ("ce",)
+    original = method.loss
+
+    def undeclared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = original(x, y)
+        method.note_terms(ce=loss, extra=loss)
+        return loss
+
+    method.loss = undeclared
+    with pytest.raises(ValueError, match=r"\['ce', 'extra'\] noted, \['ce'\] declared"):
+        fit(method, batches, TrainConfig(epochs=1, lr=0.1), "phase 1")
+    silent = started_finetune()
+    silent.note_terms = lambda **terms: None
+    with pytest.raises(ValueError, match=r"\[\] noted, \['ce'\] declared"):
+        fit(silent, batches, TrainConfig(epochs=1, lr=0.1), "phase 1")

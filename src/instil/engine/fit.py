@@ -93,8 +93,9 @@ class EpochSums:
     end: the per-epoch record costs no device sync of its own (the total loss was always
     read once an epoch, to stop on a NaN)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, declared: tuple[str, ...] = ()) -> None:
         self.device = device
+        self.declared = declared  # the method's term_names(): what its steps must note
         self.names: list[str] = []
         self.sums: list[torch.Tensor] = []
         self.steps = 0
@@ -103,6 +104,10 @@ class EpochSums:
     def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int) -> None:
         step = {"loss": loss.detach(), **terms}
         if not self.names:
+            if set(terms) != set(self.declared):
+                raise ValueError(f"loss terms {sorted(terms)} noted, {sorted(self.declared)} "
+                                 "declared by term_names(): a method must note what it "
+                                 "declares")
             self.names = list(step)
             self.sums = [torch.zeros((), device=self.device) for _ in self.names]
         elif len(step) != len(self.names):
@@ -172,7 +177,7 @@ def train_epochs(method: Method, module: torch.nn.Module, optimizer: torch.optim
     start, last = time.perf_counter(), float("nan")
     for epoch in range(first, cfg.epochs):
         module.train()
-        sums = EpochSums(device)
+        sums = EpochSums(device, method.term_names())
         lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's
         began = time.perf_counter()
         for x, y in batches.epoch(epoch):
