@@ -34,7 +34,8 @@ from instil.methods.base import Method, PhaseContext
 
 def silenced(method: Method) -> Method:
     """`method` with its telemetry off: it declares and notes no terms (and DBD computes no
-    outer-sample count for them). Instance attributes shadow the class's methods for this copy only."""
+    outer-sample count for them). Instance attributes shadow the class's methods for this
+    copy only."""
     method.note_terms = lambda **terms: None  # type: ignore[method-assign]
     method.term_names = lambda: ()  # type: ignore[method-assign]
     if hasattr(method, "clean_terms"):
