@@ -291,6 +291,11 @@ def test_compare_and_gate_by_hand() -> None:
                          "change": None}
     assert gate(20, 20, 0, 2) == (False, "negative-flip rate 20.00% exceeds --max-nfr 2.00%")
     assert gate(0, 2, 0, 2)[0] and not gate(-0.1, 0, 0, 2)[0]
+    # Both limits missed: both named, in one line.
+    assert gate(-1, 3, 0.5, 2) == (False, "gain -1.00 points is below --min-gain 0.50 and "
+                                   "negative-flip rate 3.00% exceeds --max-nfr 2.00%")
+    assert gate(1, 0.5, 0.5, 2) == (True, "gain +1.00 >= --min-gain 0.50 and negative-flip "
+                                    "rate 0.50% <= --max-nfr 2.00%")
 
 
 def test_split_holdout_keeps_every_class_on_both_sides() -> None:
