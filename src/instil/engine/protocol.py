@@ -322,9 +322,8 @@ def train_phase(session: Session, method: Method, split: IILSplit, phase: int,
         record = {"method": tag, "order_seed": split.order_seed, "phase": phase, **numbers}
         if session.records is not None:
             session.records.append(record)
-        if session.record_to is None:
-            return
-        epoch_log.append(session.record_to, record)
+        if session.record_to is not None:
+            epoch_log.append(session.record_to, record)
         if session.board is not None:
             session.board.epoch(record, budget.epochs)
 
