@@ -6,7 +6,8 @@ survivor's diff, from mutmut's own `results` and `show` commands.
 Writes OUT/score.md (a table per module) and OUT/survivors.md (each surviving mutant's
 diff, to judge by hand), and prints the table. A timeout counts as killed (the mutant made
 the tests hang, which fails them); a mutant that no selected test reaches counts as
-surviving.
+surviving; one not checked (a run stopped early) is left out of the score and counted
+apart.
 """
 
 from __future__ import annotations
@@ -42,15 +43,17 @@ def table(rows: list[tuple[str, str]]) -> str:
     counts: dict[str, Counter] = defaultdict(Counter)
     for name, status in rows:
         counts[group_of(name)][status] += 1
-    lines = ["| module | mutants | killed | survived | no tests | other | score |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| module | mutants | not checked | killed | survived | no tests | other | "
+             "score (of checked) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for group in sorted(counts):
         c = counts[group]
         total = sum(c.values())
         killed = sum(c[s] for s in KILLED)
-        other = total - killed - c["survived"] - c["no tests"]
-        lines.append(f"| {group} | {total} | {killed} | {c['survived']} | {c['no tests']} | "
-                     f"{other} | {100 * killed / total:.1f}% |")
+        checked = total - c["not checked"]
+        other = checked - killed - c["survived"] - c["no tests"]
+        score = f"{100 * killed / checked:.1f}%" if checked else "–"
+        lines.append(f"| {group} | {total} | {c['not checked']} | {killed} | {c['survived']} | "
+                     f"{c['no tests']} | {other} | {score} |")
     return "\n".join(lines) + "\n"
 
 
@@ -62,12 +65,13 @@ def main() -> None:
         sys.exit("mutation-score: `mutmut results` lists no mutants; run `make mutation` first")
     score = table(rows)
     (out / "score.md").write_text(score)
-    survivors = [name for name, status in rows if status not in KILLED]
+    # The diffs of those that ran and lived (not those never checked: an interrupted run).
+    survivors = [name for name, status in rows if status in ("survived", "no tests")]
     with open(out / "survivors.md", "w") as f:
         for name in survivors:
             shown = subprocess.run([MUTMUT, "show", name], capture_output=True, text=True)
             f.write(f"## {name} ({dict(rows)[name]})\n\n```diff\n{shown.stdout.strip()}\n```\n\n")
-    print(score + f"\n{len(survivors)} not killed: {out / 'survivors.md'}")
+    print(score + f"\n{len(survivors)} survived or reached by no test: {out / 'survivors.md'}")
 
 
 if __name__ == "__main__":
