@@ -95,10 +95,10 @@ def test_fmnist_files_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
                  "--set", f"data.root={root}", "--set", f"cache_dir={tmp_path / 'c'}",
                  "--set", "device=cpu", "--set", "n_phases=2", "--set", "base.epochs=2",
                  "--set", "phase.epochs=1", "--set", "base.batch_size=32",
-                 "--set", "phase.batch_size=32"])
+                 "--set", "phase.batch_size=32", "--set", "method_options.dbd.freeze_epochs=1"])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in results["runs"]} == {"finetune", "joint"}
+    assert {r["method"] for r in results["runs"]} == {"finetune", "dbd", "joint"}
 
 
 def error_of(args: list[str], capsys: pytest.CaptureFixture) -> str:
