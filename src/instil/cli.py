@@ -78,30 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure speed (instil bench speed)")
     kind = bench.add_subparsers(dest="bench", required=True)
     speed = kind.add_parser("speed", help="images/s of the ceiling, base, finetune, dbd, eval")
-    speed.add_argument("--preset", dest="config", type=Path,
-                       default=Path("fmnist-iil10"),
-                       help="a preset's name or a YAML file (default: fmnist-iil10)")
-    speed.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     speed.add_argument("--batch", type=int, help="batch size (default: the preset's)")
     speed.add_argument("--steps", type=int, default=40, help="timed steps per figure")
     speed.add_argument("--repeats", type=int, default=3,
                        help="measurements per figure; the median is reported")
-    speed.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    speed.add_argument("--set", dest="overrides", action="append", default=[],
-                       help="override a config key, e.g. --set precision=bf16")
     tele = kind.add_parser("telemetry", help="what the per-epoch record costs an epoch: "
                            "paired epochs with and without it, alternating")
-    tele.add_argument("--preset", dest="config", type=Path, default=Path("fmnist-iil10"),
-                      help="a preset's name or a YAML file (default: fmnist-iil10)")
-    tele.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
     tele.add_argument("--methods", default="finetune,lwf,dbd",
                       help="comma-separated methods (default: finetune,lwf,dbd)")
     tele.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     tele.add_argument("--rounds", type=int, default=20,
                       help="paired epochs per method; the median ratio is reported")
-    tele.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    tele.add_argument("--set", dest="overrides", action="append", default=[],
-                      help="override a config key")
+    for bench_kind in (speed, tele):
+        bench_kind.add_argument("--preset", dest="config", type=Path,
+                                default=Path("fmnist-iil10"),
+                                help="a preset's name or a YAML file (default: fmnist-iil10)")
+        bench_kind.add_argument("--device", help="cpu, cuda, ... (default: the preset's)")
+        bench_kind.add_argument("--json", type=Path,
+                                help="also write the figures to this JSON file")
+        bench_kind.add_argument("--set", dest="overrides", action="append", default=[],
+                                help="override a config key, e.g. --set precision=bf16")
     add_promote_parsers(sub)
     return parser
 
