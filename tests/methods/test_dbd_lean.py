@@ -151,7 +151,7 @@ def test_lean_distillation_loss_is_exactly_zero_while_student_equals_teacher() -
 @pytest.mark.parametrize("train", [False, True])
 def test_split_batchnorm_treats_each_part_as_its_own_call(train: bool) -> None:
     torch.manual_seed(0)
-    norm = nn.BatchNorm2d(3).double()
+    norm = nn.BatchNorm2d(3, eps=0.1).double()  # an eps of its own, which the split must use
     with torch.no_grad():
         for t in (norm.running_mean, norm.weight, norm.bias):
             t.normal_()

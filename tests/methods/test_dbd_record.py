@@ -1,0 +1,160 @@
+"""What DBD writes into the per-epoch record, and the edges of its options and schedule, against
+values computed here by hand (METHOD.md §2; the record's terms are defined in
+`DBD.term_names`). The loss itself is checked in test_dbd_spec.py on the same tables; here
+the noted terms must carry the same numbers under the declared names, in each configuration
+and on both the four-call and the lean path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from instil.errors import InstilError
+from instil.methods import create_method
+from instil.methods.base import PhaseContext
+from instil.methods.dbd import DBDOptions, dust, ema_steps_per_phase
+
+from .test_dbd_spec import (
+    BETA,
+    X_DUST,
+    X,
+    Y,
+    expected_ce,
+    expected_dis,
+    expected_fl,
+    with_tables,
+)
+
+INNER_FRACTION = 2 / 3  # the tables' samples 0 and 2 are inner, sample 1 outer
+
+
+def noted(method) -> dict[str, float]:
+    """The terms of the last loss (handed over once: a second call returns {})."""
+    return {name: float(value) for name, value in method.terms().items()}
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_full_loss_notes_each_term_by_hand(lean: bool) -> None:
+    method = with_tables(lean=lean)
+    method.full_loss(X, X_DUST, Y)
+    fl, dis = expected_fl(), expected_dis()
+    terms = noted(method)
+    assert terms == pytest.approx({
+        "l_fl": fl, "l_dis": dis, "dis_share": BETA * dis / (fl + BETA * dis),
+        "outer_fraction": 1 - INNER_FRACTION, "teacher_acc": INNER_FRACTION})
+    assert set(terms) == set(method.term_names())
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_without_fused_labels_the_record_holds_the_plain_cross_entropy(lean: bool) -> None:
+    """The lean path computes the teacher's clean logits anyway; without FL they must not
+    turn into outer_fraction/teacher_acc, which term_names does not declare."""
+    method = with_tables(lean=lean, fl=False)
+    method.full_loss(X, X_DUST, Y)
+    ce, dis = expected_ce(), expected_dis()
+    terms = noted(method)
+    assert terms == pytest.approx(
+        {"ce": ce, "l_dis": dis, "dis_share": BETA * dis / (ce + BETA * dis)})
+    assert set(terms) == set(method.term_names())
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"dis": False}, {"l_fl": expected_fl(), "outer_fraction": 1 - INNER_FRACTION,
+                      "teacher_acc": INNER_FRACTION}),
+    ({"beta": 0.0}, {"l_fl": expected_fl(), "outer_fraction": 1 - INNER_FRACTION,
+                     "teacher_acc": INNER_FRACTION}),
+    ({"dis": False, "fl": False}, {"ce": expected_ce()}),
+])
+def test_without_distillation_the_loss_is_the_label_term_alone(options: dict,
+                                                               expected: dict) -> None:
+    """`loss` skips the dusted batch when L_DIS cannot count; what is left is L_FL against
+    the teacher's fused labels (or the plain cross-entropy), computed by hand."""
+    method = with_tables(**options)
+    loss = method.loss(X, Y)
+    label_term = expected.get("l_fl", expected.get("ce"))
+    assert loss.item() == pytest.approx(label_term, rel=1e-9)
+    terms = noted(method)
+    assert terms == pytest.approx(expected)
+    assert set(terms) == set(method.term_names())
+
+
+def test_fl_off_ignores_teacher_logits_it_is_given() -> None:
+    method = with_tables(fl=False)
+    teacher = method.teacher(X)
+    assert method.label_loss(teacher, method.student(X), Y).item() == \
+        pytest.approx(expected_ce(), rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_alpha_may_reach_both_ends(alpha: float) -> None:
+    assert DBDOptions(alpha=alpha).alpha == alpha
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_zero_one_is_refused(alpha: float) -> None:
+    with pytest.raises(InstilError, match=f"alpha={alpha}"):
+        DBDOptions(alpha=alpha)
+
+
+def test_dust_adds_the_drawn_noise() -> None:
+    """x̃ = x + σ·ε for the ε the generator draws (METHOD.md §2.3), not x − σ·ε: the same in
+    distribution, but a different batch for a seeded run."""
+    x = torch.linspace(-1, 1, 12).reshape(3, 4)
+    torch.manual_seed(3)
+    eps = torch.randn_like(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dust(x, 0.7), x + 0.7 * eps)
+
+
+@pytest.mark.parametrize("epochs, freeze, steps", [(2, 3, 0), (3, 3, 1), (12, 10, 3),
+                                                   (4, 0, 4)])
+def test_ema_steps_per_phase_counts_epochs_ef_to_e(epochs: int, freeze: int,
+                                                   steps: int) -> None:
+    assert ema_steps_per_phase(epochs, freeze) == steps
+
+
+def started(**options) -> object:
+    method = create_method("dbd", options)
+    torch.manual_seed(0)
+    method.begin_phase(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)),
+                       PhaseContext(1, 2, lambda: None))
+    return method
+
+
+def test_a_phase_starts_frozen_with_a_teacher_that_takes_no_gradient() -> None:
+    method = started(freeze_epochs=1)
+    assert not method.consolidating()  # no epoch done yet, though E_f is only 1
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    assert all(p.requires_grad for p in method.student.parameters())
+
+
+def test_per_step_ema_every_third_step() -> None:
+    method = started(freeze_epochs=0, ema_every=3, alpha=0.5)
+    moved = []
+    for step in range(7):
+        before = [p.clone() for p in method.teacher.parameters()]
+        with torch.no_grad():
+            for p in method.student.parameters():
+                p.add_(1.0)
+        method.after_step(step)
+        if any(not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters())):
+            moved.append(step)
+    assert moved == [2, 5]  # after the 3rd and the 6th step
+
+
+def test_epoch_facts_measure_the_gap_between_teacher_and_student() -> None:
+    method = started(freeze_epochs=5)
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(0.5)
+    n = sum(p.numel() for p in method.student.parameters())
+    facts = method.epoch_facts()
+    assert facts == pytest.approx({"ema_steps": 0, "theta_distance": 0.5 * math.sqrt(n)})
+
+
+def test_phase_facts_without_kc_record_no_ema_steps() -> None:
+    assert started(kc=False).phase_facts() == {}
+    assert started().phase_facts() == {"ema_steps": 0}
