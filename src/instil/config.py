@@ -116,6 +116,10 @@ class Config:
     # Smaller than a GPU would take: on 2 CPU cores large eval batches ran slower (cache
     # misses); `instil bench` (issue 5) is where this choice gets measured.
     eval_batch_size: int = 256
+    # The models a method reports beside the one it deploys (dbd's student, iCaRL's CNN
+    # head) are scored after every phase; false: after the last phase only, which is all the
+    # reports read (each costs as much evaluation as the deployed model).
+    also_evaluate_every_phase: bool = True
     # Where base models are cached; empty means $INSTIL_CACHE or ~/.cache/instil.
     cache_dir: str = ""
     data: DataConfig = field(default_factory=DataConfig)

@@ -171,6 +171,23 @@ def test_dbd_deploys_and_goes_on_from_the_teacher(
     assert recorded == pytest.approx(student, abs=TOL)
 
 
+def test_the_student_may_be_scored_after_the_last_phase_only(
+        tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """also_evaluate_every_phase=false (fmnist-quick, to save evaluation) drops the student's
+    scores of the earlier phases and keeps the last phase's, which the reports read."""
+    calls = spy_on_phases(monkeypatch)
+    out = tmp_path / "out"
+    record = run_toy(out, [*toy_args, "--set", "also_evaluate_every_phase=false"],
+                     "dbd")["runs"][0]
+    *early, last = record["phases"]
+    assert len(early) == 2
+    assert not any(k.startswith("student_") for p in early for k in p)
+    scorer = Scorer(out)
+    student = [c.trainable for c in calls if c.tag == "dbd"][-1]
+    assert last["student_acc_test"] == pytest.approx(scorer.acc_test(student), abs=TOL)
+    assert last["student_acc_base"] == pytest.approx(scorer.acc_base(student), abs=TOL)
+
+
 @pytest.fixture(scope="module")
 def finetune_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[Trained]]:
     """One toy run of finetune and dbd, with every phase's deployed model captured."""

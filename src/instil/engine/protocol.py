@@ -457,8 +457,10 @@ def start_record(session: Session, tag: str, order_seed: int, state: RunState | 
     epoch_log.prune(session.record_to, tag, order_seed, keep)
 
 
-def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[str, Any]:
-    """The deployed model's metrics after a phase, and those of the models it reports too."""
+def evaluate_phase(session: Session, method: Method, start: SeedStart,
+                   last: bool = True) -> dict[str, Any]:
+    """The deployed model's metrics after a phase, and those of the models it reports too
+    (after every phase, or after the `last` only: config.also_evaluate_every_phase)."""
     split, ref = start.split, start.ref
     base_idx = split.part(0)
     test_labels = session.eval_labels(split)
@@ -468,7 +470,9 @@ def evaluate_phase(session: Session, method: Method, start: SeedStart) -> dict[s
                             session.predict(deployed, "train", base_idx), base_labels)
     metrics.update(shift_accuracy(session, deployed, split))
     metrics.update(method.phase_facts())
-    for name, model in method.also_evaluated().items():
+    others = method.also_evaluated() if last or session.config.also_evaluate_every_phase \
+        else {}
+    for name, model in others.items():
         metrics[f"{name}_acc_test"] = accuracy(session.predict_eval(model, split), test_labels)
         metrics[f"{name}_acc_base"] = accuracy(session.predict(model, "train", base_idx),
                                                base_labels)
@@ -518,7 +522,7 @@ def run_method(session: Session, method: Method, start: SeedStart,
         if world().distributed:
             session.log(f"{method.label} order seed {split.order_seed} phase {t}: the "
                         f"{world().size} ranks' deployed models agree (digest {digest})")
-        metrics = evaluate_phase(session, method, start)
+        metrics = evaluate_phase(session, method, start, last=t == config.n_phases)
         state.phases.append({"phase": t, **metrics, "train_seconds": seconds,
                              "n_train": n_train})
         if session.board is not None:
