@@ -88,15 +88,23 @@ def test_fl_off_ignores_teacher_logits_it_is_given() -> None:
         pytest.approx(expected_ce(), rel=1e-9)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_alpha_may_reach_both_ends(alpha: float) -> None:
-    assert DBDOptions(alpha=alpha).alpha == alpha
+@pytest.mark.parametrize("name, value", [
+    ("alpha", 0.0), ("alpha", 1.0), ("tau", 0.01), ("sigma", 0.0), ("beta", 0.0),
+    ("lambda_in", 0.0), ("lambda_out", 0.0), ("freeze_epochs", 0), ("ema_every", 0)])
+def test_options_may_reach_their_bounds(name: str, value: float) -> None:
+    assert getattr(DBDOptions(**{name: value}), name) == value
 
 
-@pytest.mark.parametrize("alpha", [-0.1, 1.5])
-def test_alpha_outside_zero_one_is_refused(alpha: float) -> None:
-    with pytest.raises(InstilError, match=f"alpha={alpha}"):
-        DBDOptions(alpha=alpha)
+@pytest.mark.parametrize("name, value, why", [
+    ("alpha", -0.1, "must lie in [0, 1]"), ("alpha", 1.5, "must lie in [0, 1]"),
+    ("tau", 0.0, "must be positive"), ("sigma", -0.5, "must be >= 0"),
+    ("beta", -1.0, "must be >= 0"), ("lambda_in", -0.1, "must be >= 0"),
+    ("lambda_out", -2.0, "must be >= 0"), ("freeze_epochs", -1, "must be >= 0"),
+    ("ema_every", -3, "must be >= 0")])
+def test_an_option_out_of_bounds_is_refused_by_name(name: str, value: float, why: str) -> None:
+    with pytest.raises(InstilError) as refused:
+        DBDOptions(**{name: value})
+    assert str(refused.value) == f"method_options.dbd.{name}={value}: {why}"
 
 
 def test_dust_adds_the_drawn_noise() -> None:
@@ -158,3 +166,14 @@ def test_epoch_facts_measure_the_gap_between_teacher_and_student() -> None:
 def test_phase_facts_without_kc_record_no_ema_steps() -> None:
     assert started(kc=False).phase_facts() == {}
     assert started().phase_facts() == {"ema_steps": 0}
+
+
+@pytest.mark.parametrize("options, compiles, per_step", [
+    ({}, True, False), ({"lean": True}, False, False), ({"lean": True, "dis": False}, True, False),
+    ({"ema_every": 4}, True, True), ({"ema_every": 4, "kc": False}, True, False)])
+def test_what_the_engine_is_told(options: dict, compiles: bool, per_step: bool) -> None:
+    """The lean step swaps BatchNorm forwards, which torch.compile cannot trace; a per-step
+    EMA reads the student's buffers every step (the engine must not defer them)."""
+    method = started(**options)
+    assert method.compiles() is compiles
+    assert method.reads_buffers_each_step() is per_step

@@ -58,10 +58,12 @@ class DBDOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise InstilError(f"method_options.dbd.alpha={self.alpha}: must lie in [0, 1]")
-        if self.tau <= 0 or self.sigma < 0 or self.beta < 0:
-            raise InstilError("method_options.dbd: tau must be positive, sigma and beta >= 0")
-        if self.lambda_in < 0 or self.lambda_out < 0 or self.freeze_epochs < 0:
-            raise InstilError("method_options.dbd: lambdas and freeze_epochs must be >= 0")
+        if self.tau <= 0:
+            raise InstilError(f"method_options.dbd.tau={self.tau}: must be positive")
+        for name in ("sigma", "beta", "lambda_in", "lambda_out", "freeze_epochs", "ema_every"):
+            if getattr(self, name) < 0:
+                raise InstilError(f"method_options.dbd.{name}={getattr(self, name)}: must be "
+                                  f">= 0")
 
 
 def inner_mask(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
