@@ -237,7 +237,8 @@ def damage(path: Path, how: str) -> str:
         return ""
     if how == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        return "unreadable resume state"
+        return ("unreadable resume state (UnpicklingError); delete it to rerun that method "
+                "and seed from the start")
     if how == "another-version":
         rewrite_state(path, lambda s: setattr(s, "versions", {**s.versions, "instil": "0.0.1"}))
         return "written by {'instil': '0.0.1'"
