@@ -242,13 +242,16 @@ def damage(path: Path, how: str) -> str:
     if how == "another-version":
         rewrite_state(path, lambda s: setattr(s, "versions", {**s.versions, "instil": "0.0.1"}))
         return "written by {'instil': '0.0.1'"
+    if how == "not-a-state":  # a readable pickle of something else
+        path.write_bytes(pickle.dumps({"phase": 1}))
+        return f"{path}: not an instil resume state; delete it"
     rewrite_state(path, lambda s: setattr(s.method, "options",
                                           dataclasses.replace(s.method.options, alpha=0.5)))
     return "dbd ran with options {"
 
 
-@pytest.mark.parametrize("how", ["rewritten-unchanged", "truncated", "another-version",
-                                 "other-options"])
+@pytest.mark.parametrize("how", ["rewritten-unchanged", "truncated", "not-a-state",
+                                 "another-version", "other-options"])
 def test_a_state_that_cannot_be_resumed_is_refused_in_one_line(
         how: str, tmp_path: Path, toy_args: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
@@ -267,5 +270,7 @@ def test_a_state_that_cannot_be_resumed_is_refused_in_one_line(
     assert main(args + ["--resume"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and str(state) in errors[0] and expected in errors[0], errors
+    if how == "another-version":
+        assert errors[0].endswith("; delete it to rerun that method and seed from the start")
     assert state.read_bytes() == damaged  # left for the user to delete, not overwritten
     assert not (tmp_path / "cut" / "results.json").exists()
