@@ -100,7 +100,7 @@ def test_options_may_reach_their_bounds(name: str, value: float) -> None:
     ("tau", 0.0, "must be positive"), ("sigma", -0.5, "must be >= 0"),
     ("beta", -1.0, "must be >= 0"), ("lambda_in", -0.1, "must be >= 0"),
     ("lambda_out", -2.0, "must be >= 0"), ("freeze_epochs", -1, "must be >= 0"),
-    ("ema_every", -3, "must be >= 0")])
+    ("ema_every", -3, "must be >= 0"), ("half_life", -1.0, "must be >= 0")])
 def test_an_option_out_of_bounds_is_refused_by_name(name: str, value: float, why: str) -> None:
     with pytest.raises(InstilError) as refused:
         DBDOptions(**{name: value})
@@ -177,3 +177,56 @@ def test_what_the_engine_is_told(options: dict, compiles: bool, per_step: bool) 
     method = started(**options)
     assert method.compiles() is compiles
     assert method.reads_buffers_each_step() is per_step
+
+
+@pytest.mark.parametrize("half_life, keep", [(1.0, 0.5), (2.0, 0.5 ** 0.5), (0.0, 0.9)])
+def test_a_half_life_sets_the_keep_rate_of_each_ema_step(half_life: float,
+                                                         keep: float) -> None:
+    """θ_T ← α·θ_T + (1 − α)·θ_S with α = 0.5^(1/h); h = 0 keeps `alpha` (0.9 here)."""
+    method = started(freeze_epochs=0, alpha=0.9, half_life=half_life)
+    teacher = [p.clone() for p in method.teacher.parameters()]
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    method.end_epoch(0)
+    for before, after in zip(teacher, method.teacher.parameters()):
+        torch.testing.assert_close(after, before + (1 - keep))
+
+
+def test_after_h_steps_half_the_teachers_share_is_left() -> None:
+    method = started(freeze_epochs=0, half_life=3.0)
+    teacher = [p.clone() for p in method.teacher.parameters()]
+    student = [p.clone() for p in method.student.parameters()]
+    for epoch in range(3):  # the student stands still: the teacher closes half the gap
+        method.end_epoch(epoch)
+    for t0, s, t3 in zip(teacher, student, method.teacher.parameters()):
+        torch.testing.assert_close(t3, 0.5 * t0 + 0.5 * s)
+
+
+def test_a_carried_student_goes_on_from_the_last_phase() -> None:
+    method = started(student_start="carry", freeze_epochs=1, alpha=0.5)
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    method.end_epoch(0)  # the teacher moves half way
+    last_student = [p.clone() for p in method.student.parameters()]
+    method.begin_phase(method.deployed(), PhaseContext(2, 2, lambda: None))
+    assert all(torch.equal(a, b) for a, b in zip(method.student.parameters(), last_student))
+    assert not any(torch.equal(a, b) for a, b in zip(method.teacher.parameters(),
+                                                      last_student))
+    assert all(p.requires_grad for p in method.student.parameters())
+    paper = started(freeze_epochs=1, alpha=0.5)  # the paper's: a copy of the teacher
+    with torch.no_grad():
+        for p in paper.student.parameters():
+            p.add_(1.0)
+    paper.end_epoch(0)
+    assert not any(torch.equal(a, b) for a, b in zip(paper.student.parameters(),
+                                                     paper.teacher.parameters()))
+    paper.begin_phase(paper.deployed(), PhaseContext(2, 2, lambda: None))
+    assert all(torch.equal(a, b) for a, b in zip(paper.student.parameters(),
+                                                 paper.teacher.parameters()))
+
+
+def test_an_unknown_student_start_is_refused_by_name() -> None:
+    with pytest.raises(InstilError, match=r"student_start='last': must be 'teacher' or 'carry'"):
+        DBDOptions(student_start="last")

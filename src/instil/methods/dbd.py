@@ -49,6 +49,14 @@ class DBDOptions:
     alpha: float = 0.9  # EMA keep-rate of the teacher
     freeze_epochs: int = 10  # paper: E_f = 10
     ema_every: int = 0  # consolidate every k steps; 0 = at the end of each epoch
+    # The EMA's keep-rate from a half-life in EMA steps, α = 0.5^(1/h): after h steps the
+    # teacher's own weights hold half their share, whatever the step's size in epochs or
+    # iterations; 0 uses alpha. A knob for tuning (issue 23), not the paper's.
+    half_life: float = 0.0
+    # Where each phase's student starts: "teacher" (the paper: a copy of the model the last
+    # phase deployed) or "carry" (the last phase's student trains on). "carry" goes beyond
+    # METHOD.md §2; it is here to be measured, not a default.
+    student_start: str = "teacher"
     # One teacher and one student call on cat([x, x̃]) instead of four calls (METHOD.md §2,
     # cost): the same numbers up to rounding, fewer kernel launches. Measured slower on the
     # 2-core CPU (docs/performance.md: 2.94x a finetune epoch against 2.65x), so off by
@@ -60,10 +68,19 @@ class DBDOptions:
             raise InstilError(f"method_options.dbd.alpha={self.alpha}: must lie in [0, 1]")
         if self.tau <= 0:
             raise InstilError(f"method_options.dbd.tau={self.tau}: must be positive")
-        for name in ("sigma", "beta", "lambda_in", "lambda_out", "freeze_epochs", "ema_every"):
+        if self.student_start not in ("teacher", "carry"):
+            raise InstilError(f"method_options.dbd.student_start={self.student_start!r}: "
+                              f"must be 'teacher' or 'carry'")
+        for name in ("sigma", "beta", "lambda_in", "lambda_out", "freeze_epochs", "ema_every",
+                     "half_life"):
             if getattr(self, name) < 0:
                 raise InstilError(f"method_options.dbd.{name}={getattr(self, name)}: must be "
                                   f">= 0")
+
+    @property
+    def keep_rate(self) -> float:
+        """α of one EMA step: `alpha`, or 0.5^(1/half_life) when a half-life is set."""
+        return 0.5 ** (1 / self.half_life) if self.half_life > 0 else self.alpha
 
 
 def inner_mask(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -187,8 +204,11 @@ class DBD(Method):
                 f"phase.epochs or lower method_options.{self.label}.freeze_epochs")
 
     def begin_phase(self, previous: nn.Module, ctx: PhaseContext) -> None:
+        carried = getattr(self, "student", None) if self.options.student_start == "carry" \
+            else None
         self.teacher = copy.deepcopy(previous).eval().requires_grad_(False)
-        self.student = copy.deepcopy(previous).requires_grad_(True)
+        self.student = copy.deepcopy(previous if carried is None else carried)
+        self.student.requires_grad_(True)
         self.epochs_done = 0
         self.ema_steps = 0  # consolidations in this phase (METHOD.md §2.5 counts them)
 
@@ -310,7 +330,7 @@ class DBD(Method):
             self.consolidate()
 
     def consolidate(self) -> None:
-        consolidate(self.teacher, self.student, self.options.alpha)
+        consolidate(self.teacher, self.student, self.options.keep_rate)
         self.ema_steps += 1
 
     def epoch_facts(self) -> dict[str, float]:
