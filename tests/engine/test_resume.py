@@ -274,3 +274,41 @@ def test_a_state_that_cannot_be_resumed_is_refused_in_one_line(
         assert errors[0].endswith("; delete it to rerun that method and seed from the start")
     assert state.read_bytes() == damaged  # left for the user to delete, not overwritten
     assert not (tmp_path / "cut" / "results.json").exists()
+
+
+class Session:
+    """Stands for what a run hands over by name: not pickled, given back as the same object."""
+
+
+def test_the_run_is_saved_by_name_and_handed_back_as_itself(tmp_path: Path) -> None:
+    from instil.engine.resume import RunState, load_state, save_state
+
+    session = Session()
+    state = RunState({"name": "toy"}, {"session": session, "phases": [1, 2]}, [], 1, None)
+    path = tmp_path / "state" / "m-0.pkl"
+    save_state(path, state, {"session": session})
+    with pytest.raises(pickle.UnpicklingError, match="persistent"):
+        pickle.loads(path.read_bytes())  # a name in the file, not a pickled session
+    other = Session()
+    loaded = load_state(path, {"session": other})
+    assert loaded.method["session"] is other and loaded.method["phases"] == [1, 2]
+
+
+def test_the_state_records_the_versions_it_must_be_read_back_by() -> None:
+    from importlib.metadata import version
+
+    import torch
+
+    from instil.engine.resume import versions
+
+    assert versions() == {"instil": version("instil"), "torch": torch.__version__}
+
+
+def test_each_rank_has_its_own_state_file(tmp_path: Path) -> None:
+    from instil.engine.distributed import World
+    from instil.engine.resume import state_path
+
+    assert state_path(tmp_path, "dbd", 3) == tmp_path / "state" / "dbd-3.pkl"
+    assert state_path(tmp_path, "dbd", 3, World()) == tmp_path / "state" / "dbd-3.pkl"
+    assert state_path(tmp_path, "dbd", 3, World(rank=1, size=2)) == \
+        tmp_path / "state" / "dbd-3.rank1.pkl"
