@@ -1,11 +1,12 @@
 # The loop shared by the sweeps of docs/tuning.md (sourced, not run). Each point is
-# "name|methods|extra --set items (space-separated)"; it runs fmnist-iil10 with order seed 0,
-# scored on a validation slice of 10% held out of the *training* data (validation_fraction),
-# never on the test set. Resumable: a point whose results.json is complete is skipped, an
+# "name|methods|extra --set items (space-separated)"; it runs $PRESET (default fmnist-iil10)
+# with order seed 0, scored on a validation slice of 10% held out of the *training* data
+# (validation_fraction), never on the test set. Resumable: a point whose results.json is complete is skipped, an
 # interrupted one goes on (--resume). One point at a time: two torch runs on 2 cores slow
 # each other several-fold.
 INSTIL=${INSTIL:-.venv/bin/instil}
 OUT=${OUT:-runs/tune}
+PRESET=${PRESET:-configs/fmnist-iil10.yaml}
 # method_budgets={}: a point sets its own budget; the preset's tuned budgets must not
 # override it.
 COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --set 'method_budgets={}'
@@ -23,7 +24,7 @@ run_points() {
     for item in $extra; do sets+=(--set "$item"); done
     echo "== $name"
     # A point that fails (a refused or diverging setting) is a result too: say so, go on.
-    "$INSTIL" run configs/fmnist-iil10.yaml --out "$dir" --resume "${COMMON[@]}" "${sets[@]}" \
+    "$INSTIL" run "$PRESET" --out "$dir" --resume "${COMMON[@]}" "${sets[@]}" \
       || echo "!! $name failed (exit $?): its log above says why"
   done
 }
