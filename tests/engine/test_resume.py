@@ -285,7 +285,7 @@ def test_the_run_is_saved_by_name_and_handed_back_as_itself(tmp_path: Path) -> N
 
     session = Session()
     state = RunState({"name": "toy"}, {"session": session, "phases": [1, 2]}, [], 1, None)
-    path = tmp_path / "state" / "m-0.pkl"
+    path = tmp_path / "run" / "state" / "m-0.pkl"  # neither folder exists yet
     save_state(path, state, {"session": session})
     with pytest.raises(pickle.UnpicklingError, match="persistent"):
         pickle.loads(path.read_bytes())  # a name in the file, not a pickled session
@@ -312,3 +312,22 @@ def test_each_rank_has_its_own_state_file(tmp_path: Path) -> None:
     assert state_path(tmp_path, "dbd", 3, World()) == tmp_path / "state" / "dbd-3.pkl"
     assert state_path(tmp_path, "dbd", 3, World(rank=1, size=2)) == \
         tmp_path / "state" / "dbd-3.rank1.pkl"
+
+
+class Unpicklable:
+    def __init__(self) -> None:
+        self.step = lambda x: x  # a lambda cannot be pickled
+
+
+def test_a_method_that_cannot_be_pickled_is_named_and_nothing_is_written(
+        tmp_path: Path) -> None:
+    from instil.engine.resume import RunState, save_state
+    from instil.errors import InstilError
+
+    path = tmp_path / "state" / "m-0.pkl"
+    with pytest.raises(InstilError) as refused:
+        save_state(path, RunState({}, Unpicklable(), [], 1, None), {})
+    message = str(refused.value)
+    assert message.startswith("Unpicklable cannot be saved for --resume (")
+    assert message.endswith("); a method must keep only picklable state")
+    assert not path.exists()
