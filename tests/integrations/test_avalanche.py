@@ -93,13 +93,17 @@ class Snapshots(SupervisedPlugin):
         self.student = copy.deepcopy(strategy.model.state_dict())
 
 
-@pytest.mark.parametrize("kc", [True, False])
-def test_the_deployed_model_is_the_ema_of_the_start_and_the_last_student(kc: bool) -> None:
-    """One consolidation (freeze_epochs = train_epochs) with α = 0.3: every experience
-    deploys 0.3·(the model it started from) + 0.7·(its last student), buffers included; the
-    next one starts from that. Without KC the last student is deployed."""
+@pytest.mark.parametrize("kc, options, keep", [(True, {"alpha": 0.3}, 0.3),
+                                               (False, {"alpha": 0.3}, 0.3),
+                                               (True, {"half_life": 1.0}, 0.5)])
+def test_the_deployed_model_is_the_ema_of_the_start_and_the_last_student(
+        kc: bool, options: dict, keep: float) -> None:
+    """One consolidation (freeze_epochs = train_epochs) with α = 0.3 (or a half-life of one
+    step, α = 0.5): every experience deploys α·(the model it started from) + (1 − α)·(its
+    last student), buffers included; the next one starts from that. Without KC the last
+    student is deployed."""
     snap = Snapshots()
-    s = strategy(mlp(), epochs=2, plugins=[snap], freeze_epochs=2, alpha=0.3, kc=kc)
+    s = strategy(mlp(), epochs=2, plugins=[snap], freeze_epochs=2, kc=kc, **options)
     for experience in benchmark().train_stream:
         s.train(experience)
         deployed = s.model.state_dict()
@@ -107,7 +111,8 @@ def test_the_deployed_model_is_the_ema_of_the_start_and_the_last_student(kc: boo
         assert {"0.weight", "1.running_mean", "3.weight"} <= moved  # the student trained
         for key, start in snap.start.items():
             if start.is_floating_point():
-                expected = 0.3 * start + 0.7 * snap.student[key] if kc else snap.student[key]
+                expected = keep * start + (1 - keep) * snap.student[key] if kc \
+                    else snap.student[key]
                 torch.testing.assert_close(deployed[key], expected, msg=key)
         assert s.ema_steps == (1 if kc else 0)
 
@@ -167,3 +172,5 @@ def test_an_epoch_budget_below_the_freezing_period_is_refused() -> None:
     strategy(mlp(), epochs=5, kc=False)  # nothing to consolidate: fine
     with pytest.raises(InstilError, match="lean"):
         strategy(mlp(), epochs=12, lean=True)
+    with pytest.raises(InstilError, match="student_start='carry': the Avalanche strategy"):
+        strategy(mlp(), epochs=12, student_start="carry")

@@ -73,6 +73,10 @@ class DBD(SupervisedTemplate):
         if o.lean:
             raise InstilError("options.lean is a speed-up of instil's own loop; the Avalanche "
                               "strategy computes the four passes separately: leave it off")
+        if o.student_start != "teacher":
+            raise InstilError(f"options.student_start={o.student_start!r}: the Avalanche "
+                              "strategy starts each student from the deployed model; leave "
+                              "it 'teacher'")
         super().__init__(model=model, optimizer=optimizer, **kwargs)
         if o.kc and self.train_epochs < o.freeze_epochs:
             raise InstilError(f"train_epochs={self.train_epochs} is below freeze_epochs="
@@ -121,7 +125,7 @@ class DBD(SupervisedTemplate):
 
     def consolidate(self) -> None:
         assert self.teacher is not None
-        consolidate(self.teacher, self.model, self.dbd_options.alpha)
+        consolidate(self.teacher, self.model, self.dbd_options.keep_rate)
         self.ema_steps += 1
 
     def _after_training_iteration(self, **kwargs: Any) -> None:
