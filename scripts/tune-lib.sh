@@ -1,9 +1,9 @@
 # The loop shared by the sweeps of docs/tuning.md (sourced, not run). Each point is
 # "name|methods|extra --set items (space-separated)"; it runs $PRESET (default fmnist-iil10)
 # with order seed 0, scored on a validation slice of 10% held out of the *training* data
-# (validation_fraction), never on the test set. Resumable: a point whose results.json is complete is skipped, an
-# interrupted one goes on (--resume). One point at a time: two torch runs on 2 cores slow
-# each other several-fold.
+# (validation_fraction), never on the test set. Resumable: a point whose results.json is
+# complete is skipped, an interrupted one goes on (--resume). One point at a time: two torch
+# runs on 2 cores slow each other several-fold.
 INSTIL=${INSTIL:-.venv/bin/instil}
 OUT=${OUT:-runs/tune}
 PRESET=${PRESET:-configs/fmnist-iil10.yaml}
