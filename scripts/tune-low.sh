@@ -19,12 +19,13 @@ POINTS=(
   "dbd-l3|[dbd]|$D.lambda_in=3 $D.lambda_out=3"
   # How fast the teacher follows the student: half-life 1 EMA step is α 0.5.
   "dbd-h1|[dbd]|$D.half_life=1"
-  # The student goes on from the last phase's student instead of the teacher.
+  # The student goes on from the last phase's student instead of the teacher (the
+  # structural lever: run first).
   "dbd-carry|[dbd]|$D.student_start=carry"
+  "dbd-carry-h1|[dbd]|$D.student_start=carry $D.half_life=1"
   "dbd-l3-h1|[dbd]|$D.lambda_in=3 $D.lambda_out=3 $D.half_life=1"
   "dbd-h1-f2|[dbd]|$D.half_life=1 $D.freeze_epochs=2"     # 5 EMA steps a phase, not 3
   "dbd-b0.5|[dbd]|$D.beta=0.5"
-  "dbd-carry-h1|[dbd]|$D.student_start=carry $D.half_life=1"
   "dbd-l10-h1|[dbd]|$D.lambda_in=10 $D.lambda_out=10 $D.half_life=1"
 )
 
