@@ -118,3 +118,49 @@ def test_merge_keeps_only_the_methods_asked_for(
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_compares_a_methods_settings_only_where_it_is_merged(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    # A baseline rerun with a tuned budget (new folder) merges with the untouched methods
+    # of an older folder: the settings of a method count only between folders that ran it.
+    toy_run(tmp_path / "old", toy_args, "--set", "methods=[finetune, joint]")
+    old = json.loads((tmp_path / "old" / "results.json").read_text())
+    # The older folder predates a config key: today's default fills it in.
+    del old["config"]["also_evaluate_every_phase"]
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    toy_run(tmp_path / "new", toy_args, "--set", "methods=[finetune]",
+            "--set", "method_budgets.finetune.lr=0.003")
+    capsys.readouterr()
+    kept = tmp_path / "kept"
+    assert main(["merge", str(tmp_path / "old"), "--methods", "joint", "--out",
+                 str(kept)]) == 0
+    assert json.loads((kept / "results.json").read_text())["config"]["methods"] == ["joint"]
+    out = tmp_path / "merged"
+    assert main(["merge", str(kept), str(tmp_path / "new"), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["config"]["method_budgets"] == {"finetune": {"lr": 0.003}}
+    assert merged["config"]["also_evaluate_every_phase"] is True
+    assert sorted((r["method"], r["order_seed"]) for r in merged["runs"]) == sorted(
+        [("joint", s) for s in (0, 1)] + [("finetune", s) for s in (0, 1)])
+    new = json.loads((tmp_path / "new" / "results.json").read_text())
+    assert [r for r in merged["runs"] if r["method"] == "finetune"] == new["runs"]
+    # The same method from two folders with other settings is refused, naming the key.
+    toy_run(tmp_path / "s5", toy_args, "--set", "methods=[finetune]",
+            "--set", "order_seeds=[5]")
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "new"), str(tmp_path / "s5"), "--out",
+                 str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "ran finetune with method_budgets.lr=None" in err, err
+    assert "with 0.003; runs of a method merge only with the same settings" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+    # The same seed's split under one name must be the same file.
+    manifest = kept / "manifest-0.json"
+    manifest.write_text(manifest.read_text().replace("0", "1", 1))
+    assert main(["merge", str(kept), str(tmp_path / "new"), "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "split the data differently under one name" in capsys.readouterr().err
+    # One folder without --methods is not a merge.
+    assert main(["merge", str(tmp_path / "new"), "--out", str(tmp_path / "m")]) == 2
+    assert "or one with --methods" in capsys.readouterr().err

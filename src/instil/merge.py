@@ -3,15 +3,21 @@
 Order seeds are independent (each has its own split, M(0) and method instances), so a
 protocol can be run one seed per process or machine, with `--set order_seeds=[k]` and its own
 `--out`, and merged afterwards. A merge is refused unless the folders ran the same protocol:
-their resolved configs must agree on everything but `order_seeds` and `methods`, and no
-(method, order seed) may appear twice. The method lists may differ because a method's run
-on one seed does not depend on which other methods ran beside it (each starts from the
-seed's M(0)); a seed that ran fewer methods adds to those methods' counts only. The
+their configs, resolved by today's code (a key added since a folder ran takes its default,
+which by this project's rule keeps the old behaviour), must agree on everything but
+`order_seeds`, `methods` and the per-method settings, and no (method, order seed) may appear
+twice. The method lists may differ because a method's run on one seed does not depend on
+which other methods ran beside it (each starts from the seed's M(0)); a seed that ran fewer
+methods adds to those methods' counts only. For the same reason a method's own settings
+(`method_options.<m>`, `method_budgets.<m>`) must agree only between folders that merge a
+run of that method, and the merged config keeps each merged method's settings: so a tuned
+baseline rerun in a new folder merges with the untouched methods of an older one. The
 merged folder is what `instil run` would have written: a results.json (listing its
 sources), config.yaml, the manifests, summary.md and curves.png, written under the folder's
 lock (instil.lock), as a run writes its own. Saved models stay in
 their source folders, which results.json names. `methods` keeps only some methods (e.g. dbd
-and its ablations out of folders that also ran the baselines), in the order given.
+and its ablations out of folders that also ran the baselines), in the order given; with it
+a single folder may be "merged", which copies those methods out of it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from instil.config import Config, from_dict
 from instil.engine.epochs import EPOCHS_FILE, read_epochs
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
@@ -32,13 +39,46 @@ from instil.report import flatten, read_results, summarise, write_summary
 SEED_KEY = "order_seeds"
 # Keys that may differ between merged folders: what ran, not how, and what was logged.
 PER_FOLDER_KEYS = (SEED_KEY, "methods", "log")
+# Settings of one method each: compared only between folders that both merge that method.
+PER_METHOD_KEYS = ("method_options", "method_budgets")
+
+
+def resolved(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """`config` as today's code reads it: keys added since the folder ran take their
+    defaults, so that a newer setting left at its default does not split one protocol."""
+    try:
+        return from_dict(Config, config, "").to_dict()
+    except InstilError as error:
+        raise InstilError(f"{where}: its config no longer reads ({error}); rerun it") from None
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
     """What two folders must share to be one protocol: the config without its seed and
-    method lists, flattened to dotted keys so that a refusal names the one setting that
-    differs."""
-    return flatten({k: v for k, v in config.items() if k not in PER_FOLDER_KEYS})
+    method lists and the per-method settings, flattened to dotted keys so that a refusal
+    names the one setting that differs."""
+    return flatten({k: v for k, v in config.items()
+                    if k not in PER_FOLDER_KEYS + PER_METHOD_KEYS})
+
+
+def settings_of(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The settings of `method` alone, flattened like protocol_of's."""
+    return flatten({key: config[key].get(method, {}) for key in PER_METHOD_KEYS})
+
+
+def merged_settings(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each per-method key: a merged method's settings from a folder that ran it; a method
+    that no folder merges keeps the first folder's entry (it changes nothing)."""
+    ran = set(union_of_methods(results))
+    first = results[0]["config"]
+    merged = {key: {m: v for m, v in first[key].items() if m not in ran}
+              for key in PER_METHOD_KEYS}
+    for result in results:
+        config = result["config"]
+        for key in PER_METHOD_KEYS:
+            for method in config["methods"]:
+                if config[key].get(method):
+                    merged[key][method] = config[key][method]
+    return merged
 
 
 def union_of_methods(results: list[dict[str, Any]]) -> list[str]:
@@ -49,15 +89,33 @@ def union_of_methods(results: list[dict[str, Any]]) -> list[str]:
     return methods
 
 
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    differing = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return differing[0] if differing else None
+
+
 def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
     first = protocol_of(results[0]["config"])
     for folder, result in zip(folders[1:], results[1:]):
         other = protocol_of(result["config"])
-        differing = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
-        if differing:
-            key = differing[0]
+        key = first_difference(first, other)
+        if key is not None:
             raise InstilError(f"{folder}: ran {key}={other.get(key)!r}, {folders[0]} ran "
                               f"{first.get(key)!r}; only runs of the same protocol merge")
+    # A method's own settings must agree wherever it is merged from.
+    settings: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder, result in zip(folders, results):
+        for method in result["config"]["methods"]:
+            mine = settings_of(result["config"], method)
+            if method not in settings:
+                settings[method] = (folder, mine)
+                continue
+            source, theirs = settings[method]
+            key = first_difference(theirs, mine)
+            if key is not None:
+                raise InstilError(f"{folder}: ran {method} with {key}={mine.get(key)!r}, "
+                                  f"{source} with {theirs.get(key)!r}; runs of a method "
+                                  f"merge only with the same settings")
     seen: dict[tuple[str, int], Path] = {}
     for folder, result in zip(folders, results):
         for run in result["runs"]:
@@ -109,24 +167,23 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
                ) -> dict[str, Any]:
     """Writes the merged run folder `out` (which must not hold a run yet) and returns its
     results; `methods` (None: all) picks the methods to merge."""
-    if len(folders) < 2:
-        raise InstilError("merge needs at least two run folders")
+    if len(folders) < 2 and methods is None:
+        raise InstilError("merge needs at least two run folders (or one with --methods, "
+                          "to copy those methods out of it)")
     refuse_existing(out)
     results = [read_results(folder) for folder in folders]
+    results = [{**r, "config": resolved(r["config"], folder)}
+               for folder, r in zip(folders, results)]
     if methods is not None:
         methods = list(dict.fromkeys(methods))
         results = only_methods(folders, results, methods)
     check_mergeable(folders, results)
     seeds = sorted({seed for r in results for seed in r["config"][SEED_KEY]})
-    config = {**results[0]["config"], SEED_KEY: seeds,
+    config = {**results[0]["config"], **merged_settings(results), SEED_KEY: seeds,
               "methods": union_of_methods(results) if methods is None else methods}
     runs = merged_runs(config, results)
     # Checked before anything is written, so that a failed merge leaves no half folder.
-    manifests = [(m, folder) for folder in folders for m in sorted(folder.glob("manifest-*.json"))]
-    names = [m.name for m, _ in manifests]
-    if len(set(names)) != len(names):
-        raise InstilError(f"{out}: two folders hold the same manifest "
-                          f"({sorted({n for n in names if names.count(n) > 1})[0]})")
+    manifests = one_manifest_per_seed(folders, out)
     complete = all(r.get("complete", False) if methods is None else covers_config(r)
                    for r in results)
     merged = {"config": config, "complete": complete,
@@ -136,7 +193,7 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
     # that `out` holds no run is made again under the lock.
     with folder_lock(out):
         refuse_existing(out)
-        for manifest, _ in manifests:
+        for manifest in manifests:
             shutil.copyfile(manifest, out / manifest.name)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         atomic_write_json(out / "results.json", merged)
@@ -147,6 +204,20 @@ def merge_runs(folders: list[Path], out: Path, methods: list[str] | None = None
             "Not every merged run is complete: this covers the runs results.json holds."
         write_summary(out, config["name"], runs, note)
     return merged
+
+
+def one_manifest_per_seed(folders: list[Path], out: Path) -> list[Path]:
+    """The folders' manifests (an order seed's split), one per name: two folders that ran
+    different methods on one seed hold the same split, byte for byte; a different split
+    under the same name is refused."""
+    kept: dict[str, Path] = {}
+    for folder in folders:
+        for manifest in sorted(folder.glob("manifest-*.json")):
+            other = kept.setdefault(manifest.name, manifest)
+            if other != manifest and other.read_bytes() != manifest.read_bytes():
+                raise InstilError(f"{out}: {other} and {manifest} split the data differently "
+                                  f"under one name; only runs of the same protocol merge")
+    return list(kept.values())
 
 
 def epochs_of(folder: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
