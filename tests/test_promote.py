@@ -155,7 +155,7 @@ def test_a_failing_gate_exits_3_and_leaves_the_checkpoint_alone(
                             "--report", str(tmp_path / "reports"), *QUICK], capsys)
     assert code == 3
     assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
-    assert "--min-gain 100.00" in err and "not written" in err
+    assert "min_gain (--min-gain) 100.00" in err and "not written" in err
     assert not out.exists() and ckpt_path.read_bytes() == before
     report = json.loads((tmp_path / "reports" / "promoted.report.json").read_text())
     assert not report["gate"]["passed"]
@@ -289,13 +289,16 @@ def test_compare_and_gate_by_hand() -> None:
     assert rows["b"]["change"] == pytest.approx(100 * 2 / 3 - 100 * 2 / 3)
     assert rows["c"] == {"class": "c", "images": 0, "before": None, "after": None,
                          "change": None}
-    assert gate(20, 20, 0, 2) == (False, "negative-flip rate 20.00% exceeds --max-nfr 2.00%")
+    assert gate(20, 20, 0, 2) == (
+        False, "negative-flip rate 20.00% exceeds max_nfr (--max-nfr) 2.00%")
     assert gate(0, 2, 0, 2)[0] and not gate(-0.1, 0, 0, 2)[0]
     # Both limits missed: both named, in one line.
-    assert gate(-1, 3, 0.5, 2) == (False, "gain -1.00 points is below --min-gain 0.50 and "
-                                   "negative-flip rate 3.00% exceeds --max-nfr 2.00%")
-    assert gate(1, 0.5, 0.5, 2) == (True, "gain +1.00 >= --min-gain 0.50 and negative-flip "
-                                    "rate 0.50% <= --max-nfr 2.00%")
+    assert gate(-1, 3, 0.5, 2) == (
+        False, "gain -1.00 points is below min_gain (--min-gain) 0.50 and "
+               "negative-flip rate 3.00% exceeds max_nfr (--max-nfr) 2.00%")
+    assert gate(1, 0.5, 0.5, 2) == (
+        True, "gain +1.00 >= min_gain (--min-gain) 0.50 and negative-flip "
+              "rate 0.50% <= max_nfr (--max-nfr) 2.00%")
 
 
 def test_split_holdout_keeps_every_class_on_both_sides() -> None:

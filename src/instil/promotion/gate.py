@@ -1,7 +1,7 @@
 """The promotion's gate and its inputs: holdout accuracy before and after (overall and per
 class), the negative and positive flips between the two, and the verdict whether the
-promoted model may be used (gain at least --min-gain, negative-flip rate at most
---max-nfr). Kept apart from the report's layout so that what decides is small and tested
+promoted model may be used (gain at least min_gain, negative-flip rate at most
+max_nfr). Kept apart from the report's layout so that what decides is small and tested
 on its own (make mutation).
 """
 
@@ -52,14 +52,19 @@ def compare(before: torch.Tensor, after: torch.Tensor, holdout: Labelled,
     }
 
 
+# Each limit by both its names, since one verdict serves `instil promote` (the flag) and
+# instil.promote (the keyword argument).
+MIN_GAIN, MAX_NFR = "min_gain (--min-gain)", "max_nfr (--max-nfr)"
+
+
 def gate(gain: float, nfr: float, min_gain: float, max_nfr: float) -> tuple[bool, str]:
     """Whether the promoted model may be used, and why, in one line."""
     failed = []
     if gain < min_gain:
-        failed.append(f"gain {gain:+.2f} points is below --min-gain {min_gain:.2f}")
+        failed.append(f"gain {gain:+.2f} points is below {MIN_GAIN} {min_gain:.2f}")
     if nfr > max_nfr:
-        failed.append(f"negative-flip rate {nfr:.2f}% exceeds --max-nfr {max_nfr:.2f}%")
+        failed.append(f"negative-flip rate {nfr:.2f}% exceeds {MAX_NFR} {max_nfr:.2f}%")
     if failed:
         return False, " and ".join(failed)
-    return True, (f"gain {gain:+.2f} >= --min-gain {min_gain:.2f} and negative-flip rate "
-                  f"{nfr:.2f}% <= --max-nfr {max_nfr:.2f}%")
+    return True, (f"gain {gain:+.2f} >= {MIN_GAIN} {min_gain:.2f} and negative-flip rate "
+                  f"{nfr:.2f}% <= {MAX_NFR} {max_nfr:.2f}%")
