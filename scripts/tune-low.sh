@@ -23,10 +23,13 @@ POINTS=(
   # structural lever: run first).
   "dbd-carry|[dbd]|$D.student_start=carry"
   "dbd-carry-h1|[dbd]|$D.student_start=carry $D.half_life=1"
+  # A student that carries on and follows the labels (λ 10), the teacher a slow EMA of its
+  # whole trajectory across phases (a mean teacher).
+  "dbd-carry-l10|[dbd]|$D.student_start=carry $D.lambda_in=10 $D.lambda_out=10"
   "dbd-l3-h1|[dbd]|$D.lambda_in=3 $D.lambda_out=3 $D.half_life=1"
+  "dbd-l10-h1|[dbd]|$D.lambda_in=10 $D.lambda_out=10 $D.half_life=1"
   "dbd-h1-f2|[dbd]|$D.half_life=1 $D.freeze_epochs=2"     # 5 EMA steps a phase, not 3
   "dbd-b0.5|[dbd]|$D.beta=0.5"
-  "dbd-l10-h1|[dbd]|$D.lambda_in=10 $D.lambda_out=10 $D.half_life=1"
 )
 
 run_points "${POINTS[@]}"
