@@ -458,7 +458,7 @@ def start_record(session: Session, tag: str, order_seed: int, state: RunState | 
 
 
 def evaluate_phase(session: Session, method: Method, start: SeedStart,
-                   last: bool = True) -> dict[str, Any]:
+                   last: bool) -> dict[str, Any]:
     """The deployed model's metrics after a phase, and those of the models it reports too
     (after every phase, or after the `last` only: config.also_evaluate_every_phase)."""
     split, ref = start.split, start.ref
