@@ -1,7 +1,8 @@
 # The loop shared by the sweeps of docs/tuning.md (sourced, not run). Each point is
 # "name|methods|extra --set items (space-separated)"; it runs $PRESET (default fmnist-iil10)
-# with order seed 0, scored on a validation slice of 10% held out of the *training* data
-# (validation_fraction), never on the test set. Resumable: a point whose results.json is
+# with order seed $SEED (default 0; another seed's point goes to $OUT/<name>-s<seed>), scored
+# on a validation slice of 10% held out of the *training* data (validation_fraction), never
+# on the test set. Resumable: a point whose results.json is
 # complete is skipped, an interrupted one goes on (--resume). One point at a time: two torch
 # runs on 2 cores slow each other several-fold.
 INSTIL=${INSTIL:-.venv/bin/instil}
@@ -9,14 +10,18 @@ OUT=${OUT:-runs/tune}
 PRESET=${PRESET:-configs/fmnist-iil10.yaml}
 # method_budgets={}: a point sets its own budget; the preset's tuned budgets must not
 # override it.
-COMMON=(--set 'order_seeds=[0]' --set validation_fraction=0.1 --set 'method_budgets={}'
+SEED=${SEED:-0}
+COMMON=(--set "order_seeds=[$SEED]" --set validation_fraction=0.1 --set 'method_budgets={}'
         --no-progress)
 
+# ONLY (names, space-separated) runs those points alone, e.g. a candidate on more seeds.
 run_points() {
   local point name methods extra dir item
   for point in "$@"; do
     IFS='|' read -r name methods extra <<<"$point"
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     dir="$OUT/$name"
+    [ "$SEED" = 0 ] || dir="$OUT/$name-s$SEED"
     if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/results.json"; then
       echo "skip $name (done)"; continue
     fi
