@@ -157,10 +157,23 @@ def test_merge_compares_a_methods_settings_only_where_it_is_merged(
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
     # The same seed's split under one name must be the same file.
     manifest = kept / "manifest-0.json"
-    manifest.write_text(manifest.read_text().replace("0", "1", 1))
+    split = manifest.read_text()
+    manifest.write_text(split.replace("0", "1", 1))
     assert main(["merge", str(kept), str(tmp_path / "new"), "--out",
                  str(tmp_path / "m")]) == 2
     assert "split the data differently under one name" in capsys.readouterr().err
+    # One order seed's runs must start from one M(0): a retrained M(0) (another thread
+    # count) scores differently, and a paired comparison would compare two starts.
+    manifest.write_text(split)
+    other = json.loads((tmp_path / "new" / "results.json").read_text())
+    other["runs"][0]["base"]["acc_test"] += 0.01
+    (tmp_path / "new" / "results.json").write_text(json.dumps(other))
+    assert main(["merge", str(kept), str(tmp_path / "new"), "--out",
+                 str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "finetune on order seed 0 started from an M(0) scoring" in err, err
+    assert "rerun it from the same M(0)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
     # One folder without --methods is not a merge.
     assert main(["merge", str(tmp_path / "new"), "--out", str(tmp_path / "m")]) == 2
     assert "or one with --methods" in capsys.readouterr().err

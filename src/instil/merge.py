@@ -124,6 +124,26 @@ def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
                 raise InstilError(f"{folder}: {key[0]} on order seed {key[1]} is also in "
                                   f"{seen[key]}; merge folders of different order seeds")
             seen[key] = folder
+    check_one_base_per_seed(folders, results)
+
+
+def check_one_base_per_seed(folders: list[Path], results: list[dict[str, Any]]) -> None:
+    """The runs of one order seed must start from one M(0) (same scores), or a comparison
+    paired per seed would compare different starts: an M(0) retrained with another thread
+    count or torch differs in the last bits, and its scores show it."""
+    bases: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for folder, result in zip(folders, results):
+        for run in result["runs"]:
+            # `base` scores the run's shared M(0), also where a method is measured against
+            # a reference of its own (podnet-lsc's M(0), icarl's nearest-mean classifier).
+            seed, base = run["order_seed"], run["base"]
+            first = bases.setdefault(seed, (folder, base))
+            if first[1] != base:
+                raise InstilError(
+                    f"{folder}: {run['method']} on order seed {seed} started from an M(0) "
+                    f"scoring {base}, {first[0]} from one scoring {first[1]}; rerun it from "
+                    f"the same M(0) (the same cached file, or one trained with the same "
+                    f"thread count and torch)")
 
 
 def merged_runs(config: dict[str, Any], results: list[dict[str, Any]]
