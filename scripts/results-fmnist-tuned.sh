@@ -7,18 +7,26 @@
 # merged twice) to check that the unchanged methods' earlier runs (lwf, ewc, der, podnet,
 # dbd and its ablations, joint: changed since only by the loss-term record) are reproduced
 # by today's code.
-#   scripts/results-fmnist-tuned.sh 0 1 2 check   # order seeds, one after another
+# Each seed's M(0) must be the one the older runs started from (merge refuses otherwise):
+# those were trained with 2 threads, and torch's sums depend on the thread count, so the
+# first method of a seed (finetune, which trains M(0) into the cache when it is not there)
+# and `check` run with BASE_THREADS (2) threads, the others with the caller's.
+#   scripts/results-fmnist-tuned.sh 0 check 1 2 3 4   # order seeds, one after another
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INSTIL=${INSTIL:-.venv/bin/instil}
 OUT=${OUT:-runs/fmnist-iil10-tuned}
+BASE_THREADS=${BASE_THREADS:-2}
 CHANGED="finetune, finetune-es, er, onpro, icarl, podnet-lsc, icarl-cnn"
+run() {  # folder, order seed, methods
+  "$INSTIL" run configs/fmnist-iil10.yaml --out "$OUT/$1" --resume --no-progress \
+    --set "order_seeds=[$2]" --set "methods=$3"
+}
 for seed in "$@"; do
   if [ "$seed" = check ]; then
-    "$INSTIL" run configs/fmnist-iil10.yaml --out "$OUT/lwf-check" --resume --no-progress \
-      --set "order_seeds=[0]" --set "methods=[lwf]"
+    OMP_NUM_THREADS=$BASE_THREADS run lwf-check 0 "[lwf]"
     continue
   fi
-  "$INSTIL" run configs/fmnist-iil10.yaml --out "$OUT/s$seed" --resume --no-progress \
-    --set "order_seeds=[$seed]" --set "methods=[$CHANGED]"
+  OMP_NUM_THREADS=$BASE_THREADS run "s$seed" "$seed" "[finetune]"
+  run "s$seed" "$seed" "[$CHANGED]"
 done
