@@ -14,6 +14,9 @@ SEED=${SEED:-0}
 COMMON=(--set "order_seeds=[$SEED]" --set validation_fraction=0.1 --set 'method_budgets={}'
         --no-progress)
 
+# POINT_BASE: --set items every point starts from (a sweep's baseline, when the preset's
+# own setting has since moved to the sweep's winner).
+POINT_BASE=("${POINT_BASE[@]}")
 # ONLY (names, space-separated) runs those points alone, e.g. a candidate on more seeds.
 run_points() {
   local point name methods extra dir item
@@ -25,7 +28,7 @@ run_points() {
     if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/results.json"; then
       echo "skip $name (done)"; continue
     fi
-    local sets=(--set "methods=$methods")
+    local sets=(--set "methods=$methods" "${POINT_BASE[@]}")
     for item in $extra; do sets+=(--set "$item"); done
     echo "== $name"
     # A point that fails (a refused or diverging setting) is a result too: say so, go on.
