@@ -2,9 +2,9 @@
 # "name|methods|extra --set items (space-separated)"; it runs $PRESET (default fmnist-iil10)
 # with order seed $SEED (default 0; another seed's point goes to $OUT/<name>-s<seed>), scored
 # on a validation slice of 10% held out of the *training* data (validation_fraction), never
-# on the test set. Resumable: a point whose results.json is
-# complete is skipped, an interrupted one goes on (--resume). One point at a time: two torch
-# runs on 2 cores slow each other several-fold.
+# on the test set. Resumable: a point whose results.json is complete is skipped, an
+# interrupted one goes on (--resume). One point at a time: two torch runs on 2 cores slow
+# each other several-fold.
 INSTIL=${INSTIL:-.venv/bin/instil}
 OUT=${OUT:-runs/tune}
 PRESET=${PRESET:-configs/fmnist-iil10.yaml}
