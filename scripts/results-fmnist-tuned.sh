@@ -10,7 +10,9 @@
 # Each seed's M(0) must be the one the older runs started from (merge refuses otherwise):
 # those were trained with 2 threads, and torch's sums depend on the thread count, so the
 # first method of a seed (finetune, which trains M(0) into the cache when it is not there)
-# and `check` run with BASE_THREADS (2) threads, the others with the caller's.
+# and `check` run with BASE_THREADS (2) threads, the others with the caller's. A seed whose
+# folder already holds runs (a resume: `run` refuses a method list that drops them, and the
+# cache may have lost M(0)) runs all its methods with BASE_THREADS.
 #   scripts/results-fmnist-tuned.sh 0 check 1 2 3 4   # order seeds, one after another
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,10 @@ run() {  # folder, order seed, methods
 for seed in "$@"; do
   if [ "$seed" = check ]; then
     OMP_NUM_THREADS=$BASE_THREADS run lwf-check 0 "[lwf]"
+    continue
+  fi
+  if [ -e "$OUT/s$seed/results.json" ]; then
+    OMP_NUM_THREADS=$BASE_THREADS run "s$seed" "$seed" "[$CHANGED]"
     continue
   fi
   OMP_NUM_THREADS=$BASE_THREADS run "s$seed" "$seed" "[finetune]"
