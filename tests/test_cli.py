@@ -410,6 +410,31 @@ def test_resume_refuses_another_protocol(tmp_path: Path, toy_args: list[str],
     assert "phase.lr=" in capsys.readouterr().err
 
 
+def test_resume_refuses_kept_runs_of_another_m0(tmp_path: Path, toy_args: list[str],
+                                               capsys: pytest.CaptureFixture) -> None:
+    # A kept run whose M(0) scored otherwise (retrained since on another machine) must not
+    # be paired with new runs from this one.
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args]
+    assert main(args + ["--set", "methods=[finetune]", "--set", "order_seeds=[0]"]) == 0
+    original = (out / "results.json").read_text()
+    results = json.loads(original)
+    results["runs"][0]["base"]["acc_test"] -= 0.5
+    (out / "results.json").write_text(json.dumps(results))
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--set", "methods=[finetune, joint]", "--set", "order_seeds=[0]",
+                        "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "results.json: finetune on order seed 0 started from an M(0) scoring" in err
+    assert "joint order seed 0 phase" not in err
+    assert (out / "results.json").read_bytes() == before
+    # The same M(0) (unchanged scores) resumes as before.
+    (out / "results.json").write_text(original)
+    assert main(args + ["--set", "methods=[finetune, joint]", "--set", "order_seeds=[0]",
+                        "--resume"]) == 0
+
+
 @pytest.mark.parametrize("stream", ["class_skew", "subpop_shift"])
 def test_stream_presets_run_end_to_end(tmp_path: Path, stream: str,
                                        capsys: pytest.CaptureFixture) -> None:

@@ -727,6 +727,20 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
     return kept
 
 
+def check_kept_base(kept: dict[tuple[str, int], dict[str, Any]], order_seed: int,
+                    base: dict[str, float], out: Path) -> None:
+    """The kept runs of `order_seed` must have started from the M(0) this resume starts the
+    others from (the same scores): one retrained elsewhere (another machine's instruction
+    set or thread count gives another model) would pair runs of different starts."""
+    for (name, seed), record in kept.items():
+        if seed == order_seed and record.get("base", base) != base:
+            raise InstilError(
+                f"{Path(out) / 'results.json'}: {name} on order seed {order_seed} started "
+                f"from an M(0) scoring {record['base']}, this run's M(0) scores {base} (it "
+                "was retrained since, e.g. on another machine); put that M(0)'s cached file "
+                "back in the cache, or use another --out")
+
+
 def interrupted_run(session: Session, name: str, order_seed: int,
                     fresh: Method) -> RunState | None:
     """The saved state of an unfinished run of `name` on `order_seed`, if there is one; its
@@ -788,7 +802,9 @@ def run_locked(config: Config, out: Path, methods: list[Method], show_progress: 
                 if (name, order_seed) in finished:
                     session.log(f"{name} order seed {order_seed}: kept from results.json")
                     continue
-                start = start or start_seed(session, order_seed)
+                if start is None:
+                    start = start_seed(session, order_seed)
+                    check_kept_base(finished, order_seed, start.base_scores, out)
                 # A fresh method per order seed: no state leaks from one seed's run to another.
                 method = method_for(config, name)
                 state = interrupted_run(session, name, order_seed, method) if resume else None
