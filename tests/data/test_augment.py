@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 
 from instil.data.augment import random_crop, random_flip
+from instil.data.base import DataBundle, Samples
+from instil.data.loaders import Normaliser, in_memory_format
 
 
 def test_crop_keeps_shape_and_only_shifts_content() -> None:
@@ -29,3 +31,23 @@ def test_flip_mirrors_about_half_of_the_batch() -> None:
     assert torch.equal(out[flipped], x[flipped].flip(3))
     assert torch.equal(out[~flipped], x[~flipped])
     assert 70 < int(flipped.sum()) < 130
+
+
+def test_batches_take_the_sessions_memory_format_whatever_the_crop_returns() -> None:
+    """The crop's gather returns channels_last strides; a session that keeps its model
+    contiguous (engine.memory_format: oneDNN's faulty kernel) must get contiguous batches,
+    since a convolution follows its input's format."""
+    x = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    samples = Samples(labels=torch.arange(4) % 3, tensor=x)
+    bundle = DataBundle("t", ["a", "b", "c"], samples, samples, (3, 8, 8), (0.5,) * 3,
+                        (0.2,) * 3)
+    cropped = random_crop(x, 2, torch.Generator().manual_seed(0))
+    kept = Normaliser(bundle, torch.device("cpu"), channels_last=False)(cropped)
+    assert kept.is_contiguous()
+    # One channel: the crop's strides pass is_contiguous() yet convolutions read them as
+    # channels_last; the batch must have the contiguous format's exact strides.
+    gray = random_crop(x[:, :1], 2, torch.Generator().manual_seed(0)).float()
+    assert gray.is_contiguous() and gray.stride() != (64, 64, 8, 1)
+    assert in_memory_format(gray, torch.contiguous_format).stride() == (64, 64, 8, 1)
+    last = Normaliser(bundle, torch.device("cpu"), channels_last=True)(x)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()

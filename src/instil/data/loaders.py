@@ -73,9 +73,22 @@ class Normaliser:
                 x = x.sub_(self.mean).div_(self.std)
         else:
             x = x.float()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return in_memory_format(x, torch.channels_last if self.channels_last
+                                else torch.contiguous_format)
+
+
+def in_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """`x` with exactly the strides of `memory_format`.
+
+    Every batch must have the session's format: a convolution follows its input's, so a
+    model kept contiguous (engine.memory_format) would otherwise meet oneDNN's faulty
+    channels_last kernel. `contiguous()` is not enough: augmentation's crop returns
+    channels_last strides, and with one channel those already count as contiguous.
+    """
+    if x.dim() != 4:
+        return x.contiguous()
+    canonical = torch.empty(x.shape, device="meta", memory_format=memory_format).stride()
+    return x if x.stride() == canonical else x.clone(memory_format=memory_format)
 
 
 class TensorBatches:

@@ -8,7 +8,8 @@ wrong gradients. On this project's 2-core AVX-512 machine (torch 2.14.1) 2 to 7 
 channels failed (a ResNet shortcut of width 4 -> 8) and 1, 8, 9, 12 and 16 passed; the
 block can be 16 on other CPUs, so such layers with < 16 input channels keep the model in the
 contiguous format on the CPU (little is lost: layers that narrow gain little from
-channels_last).
+channels_last). The batches must then be contiguous too (data.loaders.Normaliser): a
+convolution follows its input's format, and augmentation's crop returns channels_last strides.
 """
 
 from __future__ import annotations

@@ -165,8 +165,9 @@ def run_phase(previous: nn.Module, method: Method, config: Config, new: Labelled
     if why:
         print(f"instil: {why}", file=sys.stderr)
     source = DataSource(bundle, config.data, device, channels_last)
-    if channels_last:
-        previous = previous.to(memory_format=torch.channels_last)
+    # A caller's model in channels_last goes contiguous when the format is refused.
+    previous = previous.to(memory_format=torch.channels_last if channels_last
+                           else torch.contiguous_format)
     split = phase_split(len(new), bundle.fingerprint, phase)
     budget = budget_of(config, method)
     with tqdm(total=budget.epochs, unit="epoch", dynamic_ncols=True,
