@@ -73,6 +73,21 @@ def test_method_budgets_change_one_methods_phase_budget_only() -> None:
     assert phase_budget(config, "onpro").lr == 0.1 and budget_of(config, onpro).epochs == 1
 
 
+def test_joint_method_budget_changes_the_base_budget_it_retrains_with() -> None:
+    from instil.engine.protocol import budget_of, create_methods
+
+    config = load_config(Path("configs/fmnist-iil10.yaml"),
+                         ["methods=[joint, finetune]", "method_budgets={joint: {epochs: 7}}"])
+    joint, finetune = create_methods(config)
+    # joint retrains from scratch with the base budget; its entry must change that budget,
+    # not the phase budget it never uses.
+    assert budget_of(config, joint).epochs == 7 != config.base.epochs
+    assert budget_of(config, joint).lr == config.base.lr
+    assert budget_of(config, finetune) == config.phase
+    plain = load_config(Path("configs/fmnist-iil10.yaml"), ["methods=[joint]"])
+    assert budget_of(plain, create_methods(plain)[0]) == plain.base
+
+
 @pytest.mark.parametrize(("item", "message"), [
     ("method_budgets={finetun: {lr: 0.1}}", "method_budgets.finetun: no such method"),
     ("method_budgets={finetune: {lrr: 0.1}}", "method_budgets.finetune.lrr"),

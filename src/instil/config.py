@@ -131,6 +131,7 @@ class Config:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-method changes of the phase budget, e.g. {finetune: {lr: 0.003}}: a baseline's
     # tuned learning rate or epochs (docs/tuning.md); a method not named keeps `phase`.
+    # joint, which retrains from scratch with `base`, has its `base` changed instead.
     method_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -140,13 +141,24 @@ class Config:
 
 def phase_budget(config: Config, method: str) -> TrainConfig:
     """The phase budget of `method`: `phase` with the keys method_budgets.<method> changes."""
+    return _changed(config.phase, config, method)
+
+
+def base_budget(config: Config, method: str) -> TrainConfig:
+    """The base budget as `method` sees it: `base` with the keys method_budgets.<method>
+    changes. Only a method that retrains from scratch (joint) trains with it, so its
+    method_budgets entry changes the budget it really uses instead of being ignored."""
+    return _changed(config.base, config, method)
+
+
+def _changed(budget: TrainConfig, config: Config, method: str) -> TrainConfig:
     changes = config.method_budgets.get(method)
     if not changes:
-        return config.phase
+        return budget
     if not isinstance(changes, dict):
         raise InstilError(f"config key 'method_budgets.{method}' must be a mapping of phase "
                           f"keys, e.g. {{lr: 0.003}}, got {changes!r}")
-    return from_dict(TrainConfig, {**_shallow(config.phase), **changes},
+    return from_dict(TrainConfig, {**_shallow(budget), **changes},
                      f"method_budgets.{method}")
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from instil.checkpoint import of_model, save_checkpoint
-from instil.config import Config, TrainConfig, phase_budget, save_config
+from instil.config import Config, TrainConfig, base_budget, phase_budget, save_config
 from instil.data import load_dataset
 from instil.data.base import DataBundle
 from instil.data.loaders import Batches, BatchPlan, DataSource
@@ -221,9 +221,10 @@ def create_methods(config: Config) -> list[Method]:
 
 
 def budget_of(config: Config, method: Method) -> TrainConfig:
-    """The budget `method` trains each phase with: the phase budget, changed for this method
-    by method_budgets, then as the method adapts it (onpro's one pass)."""
-    return method.budget(config.base, phase_budget(config, method.label))
+    """The budget `method` trains each phase with: the phase budget (the base budget for
+    joint), changed for this method by method_budgets, then as the method adapts it (onpro's
+    one pass)."""
+    return method.budget(base_budget(config, method.label), phase_budget(config, method.label))
 
 
 def method_for(config: Config, name: str) -> Method:
