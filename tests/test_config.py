@@ -92,8 +92,10 @@ def test_joint_method_budget_changes_the_base_budget_it_retrains_with() -> None:
     ("method_budgets={finetun: {lr: 0.1}}", "method_budgets.finetun: no such method"),
     ("method_budgets={finetune: {lrr: 0.1}}", "method_budgets.finetune.lrr"),
     ("method_budgets={finetune: {lr: -1}}", "lr=-1"),
+    ("method_options.dbdd.sigma=0.5", "method_options.dbdd: no such method"),
+    ("method_options.dbd.sigmaa=0.5", "method_options.dbd.sigmaa"),
 ])
-def test_bad_method_budgets_are_refused(item: str, message: str) -> None:
+def test_bad_method_budgets_and_options_are_refused(item: str, message: str) -> None:
     from instil.engine.protocol import create_methods
 
     config = load_config(Path("configs/fmnist-iil10.yaml"), ["methods=[finetune]", item])

@@ -208,10 +208,15 @@ def create_methods(config: Config) -> list[Method]:
         raise InstilError("methods=[]: a run needs at least one method, e.g. --set "
                           "'methods=[finetune]'")
     methods = [method_for(config, name) for name in config.methods]
-    unknown = sorted(set(config.method_budgets) - set(METHODS))
-    if unknown:
-        raise InstilError(f"method_budgets.{unknown[0]}: no such method; known: "
-                          f"{', '.join(sorted(METHODS))}")
+    for key in ("method_options", "method_budgets"):
+        unknown = sorted(set(getattr(config, key)) - set(METHODS))
+        if unknown:
+            raise InstilError(f"{key}.{unknown[0]}: no such method; known: "
+                              f"{', '.join(sorted(METHODS))}")
+    # A preset's options for methods this run leaves out are checked too, so that a typo
+    # in them fails now rather than in the run that lists the method.
+    for name in set(config.method_options) - set(config.methods):
+        method_for(config, name)
     for method in methods:
         method.check_budget(budget_of(config, method))
         if config.compile and not method.compiles():
