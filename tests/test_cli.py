@@ -410,6 +410,30 @@ def test_resume_refuses_another_protocol(tmp_path: Path, toy_args: list[str],
     assert "phase.lr=" in capsys.readouterr().err
 
 
+def test_resume_sets_up_a_method_not_yet_run_but_not_one_that_ran(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    args = ["run", "configs/toy2d.yaml", "--out", str(out), "--no-progress", *toy_args,
+            "--set", "order_seeds=[0]"]
+    assert main(args + ["--set", "methods=[finetune]",
+                        "--set", "method_options.lwf.lambda_kd=3"]) == 0
+    # lwf has not run in this folder: its options may still change before it runs.
+    with_lwf = args + ["--set", "methods=[finetune, lwf]",
+                       "--set", "method_options.lwf.lambda_kd=2", "--resume"]
+    assert main(with_lwf) == 0
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["lwf"]["options"]["lambda_kd"] == 2
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    # Once it ran, they may not; nor may the budget of a method that ran.
+    assert main([*with_lwf, "--set", "method_options.lwf.lambda_kd=1"]) == 2
+    assert "ran lwf with method_options.lwf={'lambda_kd': 2" in capsys.readouterr().err
+    assert main([*with_lwf, "--set", "method_budgets.finetune.lr=0.5"]) == 2
+    assert "ran finetune with method_budgets.finetune={}, this run has {'lr': 0.5}" in \
+        capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+
+
 def test_resume_refuses_kept_runs_of_another_m0(tmp_path: Path, toy_args: list[str],
                                                capsys: pytest.CaptureFixture) -> None:
     # A kept run whose M(0) scored otherwise (retrained since on another machine) must not

@@ -713,7 +713,7 @@ def finished_runs(config: Config, out: Path, resume: bool) -> list[dict[str, Any
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InstilError(f"{path}: unreadable results ({e}); move it away to start over"
                           ) from None
-    check_same_protocol(old_config, config, path)
+    check_same_protocol(old_config, config, path, {r["method"] for r in records})
     left_out = sorted({f"{r['method']} (order seed {r['order_seed']})" for r in records
                        if r["method"] not in config.methods
                        or r["order_seed"] not in config.order_seeds})
@@ -755,7 +755,7 @@ def interrupted_run(session: Session, name: str, order_seed: int,
     if not path.exists():
         return None
     state = load_state(path, {"session": session, "source": session.source})
-    check_same_protocol(state.config, session.config, path)
+    check_same_protocol(state.config, session.config, path, {name})
     if options_of(state.method) != options_of(fresh):
         raise InstilError(f"{path}: {name} ran with options {options_of(state.method)}; "
                           "they changed since; use another --out")

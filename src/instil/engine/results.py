@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from instil.config import Config, from_dict, save_config
 from instil.engine.distributed import world
 from instil.errors import InstilError
 from instil.io import atomic_write_json
+from instil.methods import options_for
 from instil.report import flatten, summarise, write_summary
 
 Records = dict[tuple[str, int], dict[str, Any]]  # by (method, order seed)
@@ -30,22 +31,38 @@ Records = dict[tuple[str, int], dict[str, Any]]  # by (method, order seed)
 # not how (a finished (method, order seed) pair is kept as it is), or what is logged.
 RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds",
                   "log")
+# Keys of one method each: they must agree only for the methods the folder has run (a
+# finished record or a saved state), as merge asks of the folders it joins, so that a method
+# not yet run there may still be set up before it runs (e.g. a λ that a preset had to lower).
+PER_METHOD_KEYS = ("method_options", "method_budgets")
 
 
-def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path) -> None:
+def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path,
+                        ran: Iterable[str]) -> None:
     """Refuses to resume from `path` when it was made with another protocol: any config key
-    other than RESUMABLE_KEYS differing (keys added since read as their defaults)."""
+    other than RESUMABLE_KEYS differing (keys added since read as their defaults), or the
+    options or budget of a method it `ran` (a variant's inherited options included)."""
     try:
-        old_config = from_dict(Config, old_config, "").to_dict()
+        old_config_ = from_dict(Config, old_config, "")
     except InstilError as e:
         raise InstilError(f"{path}: its config no longer loads ({e}); use another --out"
                           ) from None
-    new = flatten({k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS})
-    old = flatten({k: v for k, v in old_config.items() if k not in RESUMABLE_KEYS})
+    skipped = RESUMABLE_KEYS + PER_METHOD_KEYS
+    new = flatten({k: v for k, v in config.to_dict().items() if k not in skipped})
+    old = flatten({k: v for k, v in old_config_.to_dict().items() if k not in skipped})
     differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
     if differing:
         raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
                           f"this run has {new.get(differing[0])!r}; use another --out")
+    for method in sorted(set(ran)):
+        for key, then, now in (
+                ("method_options", options_for(method, old_config_.method_options),
+                 options_for(method, config.method_options)),
+                ("method_budgets", old_config_.method_budgets.get(method) or {},
+                 config.method_budgets.get(method) or {})):
+            if then != now:
+                raise InstilError(f"{path} ran {method} with {key}.{method}={then!r}, this run "
+                                  f"has {now!r}; use another --out")
 
 
 def in_order(config: Config, records: Records) -> list[dict[str, Any]]:
@@ -72,7 +89,7 @@ def runs_of_others(path: Path, config: Config, ours: Records,
     try:
         previous = json.loads(path.read_text())
         old_config, records = previous["config"], previous["runs"]
-        check_same_protocol(old_config, config, path)
+        check_same_protocol(old_config, config, path, {r["method"] for r in records})
         others = [r for r in records if (r["method"], r["order_seed"]) not in ours]
     except (OSError, ValueError, KeyError, TypeError, InstilError) as e:
         aside = path.with_name(f"results-replaced-{time.strftime('%Y%m%d-%H%M%S')}.json")
