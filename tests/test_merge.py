@@ -177,3 +177,28 @@ def test_merge_compares_a_methods_settings_only_where_it_is_merged(
     # One folder without --methods is not a merge.
     assert main(["merge", str(tmp_path / "new"), "--out", str(tmp_path / "m")]) == 2
     assert "or one with --methods" in capsys.readouterr().err
+
+
+def test_merge_compares_settings_of_the_methods_a_folder_ran_with_what_they_inherit(
+        tmp_path: Path, toy_args: list[str], capsys: pytest.CaptureFixture) -> None:
+    a = toy_run(tmp_path / "a", toy_args, "--set", "methods=[finetune]",
+                "--set", "order_seeds=[0]")
+    # A folder stopped before its lwf ran lists lwf without having used lwf's settings.
+    a["config"]["methods"] = ["finetune", "lwf"]
+    (tmp_path / "a" / "results.json").write_text(json.dumps(a))
+    toy_run(tmp_path / "b", toy_args, "--set", "methods=[lwf]", "--set", "order_seeds=[1]",
+            "--set", "method_options.lwf.lambda_kd=2")
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "ab")]) == 0
+    merged = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert merged["config"]["method_options"]["lwf"] == {"lambda_kd": 2}
+    # dbd-nofl inherits method_options.dbd: two folders that set it differently ran
+    # different dbd-nofl, though neither names dbd-nofl's own options.
+    for seed, sigma in ((0, 0.5), (1, 1.0)):
+        toy_run(tmp_path / f"n{seed}", toy_args, "--set", "methods=[dbd-nofl]",
+                "--set", f"order_seeds=[{seed}]", "--set", "method_options.dbd.freeze_epochs=1",
+                "--set", f"method_options.dbd.sigma={sigma}")
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "n0"), str(tmp_path / "n1"),
+                 "--out", str(tmp_path / "n")]) == 2
+    assert "ran dbd-nofl with method_options.sigma=1.0" in capsys.readouterr().err

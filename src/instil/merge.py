@@ -34,6 +34,7 @@ from instil.engine.epochs import EPOCHS_FILE, read_epochs
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.lock import folder_lock
+from instil.methods import options_for
 from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
@@ -61,8 +62,17 @@ def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_of(config: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of `method` alone, flattened like protocol_of's."""
-    return flatten({key: config[key].get(method, {}) for key in PER_METHOD_KEYS})
+    """The settings of `method` alone, flattened like protocol_of's; a variant's include
+    what it inherits from its parent (method_options.dbd for dbd-nofl)."""
+    return flatten({"method_options": options_for(method, config["method_options"]),
+                    "method_budgets": config["method_budgets"].get(method, {})})
+
+
+def ran_methods(result: dict[str, Any]) -> list[str]:
+    """The methods a folder has runs of, in its config's order: a folder stopped early
+    lists methods it never ran, whose settings it never used."""
+    ran = {run["method"] for run in result["runs"]}
+    return [m for m in result["config"]["methods"] if m in ran]
 
 
 def merged_settings(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -75,7 +85,7 @@ def merged_settings(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for result in results:
         config = result["config"]
         for key in PER_METHOD_KEYS:
-            for method in config["methods"]:
+            for method in ran_methods(result):
                 if config[key].get(method):
                     merged[key][method] = config[key][method]
     return merged
@@ -105,7 +115,7 @@ def check_mergeable(folders: list[Path], results: list[dict[str, Any]]) -> None:
     # A method's own settings must agree wherever it is merged from.
     settings: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder, result in zip(folders, results):
-        for method in result["config"]["methods"]:
+        for method in ran_methods(result):
             mine = settings_of(result["config"], method)
             if method not in settings:
                 settings[method] = (folder, mine)
