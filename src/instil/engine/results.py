@@ -43,22 +43,22 @@ def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path,
     other than RESUMABLE_KEYS differing (keys added since read as their defaults), or the
     options or budget of a method it `ran` (a variant's inherited options included)."""
     try:
-        old_config_ = from_dict(Config, old_config, "")
+        before = from_dict(Config, old_config, "")
     except InstilError as e:
         raise InstilError(f"{path}: its config no longer loads ({e}); use another --out"
                           ) from None
     skipped = RESUMABLE_KEYS + PER_METHOD_KEYS
     new = flatten({k: v for k, v in config.to_dict().items() if k not in skipped})
-    old = flatten({k: v for k, v in old_config_.to_dict().items() if k not in skipped})
+    old = flatten({k: v for k, v in before.to_dict().items() if k not in skipped})
     differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
     if differing:
         raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
                           f"this run has {new.get(differing[0])!r}; use another --out")
     for method in sorted(set(ran)):
         for key, then, now in (
-                ("method_options", options_for(method, old_config_.method_options),
+                ("method_options", options_for(method, before.method_options),
                  options_for(method, config.method_options)),
-                ("method_budgets", old_config_.method_budgets.get(method) or {},
+                ("method_budgets", before.method_budgets.get(method) or {},
                  config.method_budgets.get(method) or {})):
             if then != now:
                 raise InstilError(f"{path} ran {method} with {key}.{method}={then!r}, this run "
