@@ -34,14 +34,14 @@ from instil.engine.epochs import EPOCHS_FILE, read_epochs
 from instil.errors import InstilError
 from instil.io import atomic_write_json, atomic_write_text
 from instil.lock import folder_lock
-from instil.methods import options_for
+from instil.methods import PER_METHOD_KEYS, settings_for
 from instil.report import flatten, read_results, summarise, write_summary
 
 SEED_KEY = "order_seeds"
 # Keys that may differ between merged folders: what ran, not how, and what was logged.
 PER_FOLDER_KEYS = (SEED_KEY, "methods", "log")
-# Settings of one method each: compared only between folders that both merge that method.
-PER_METHOD_KEYS = ("method_options", "method_budgets")
+# PER_METHOD_KEYS (settings of one method each) are compared only between folders that both
+# merge that method.
 
 
 def resolved(config: dict[str, Any], where: Path) -> dict[str, Any]:
@@ -64,8 +64,7 @@ def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
 def settings_of(config: dict[str, Any], method: str) -> dict[str, Any]:
     """The settings of `method` alone, flattened like protocol_of's; a variant's include
     what it inherits from its parent (method_options.dbd for dbd-nofl)."""
-    return flatten({"method_options": options_for(method, config["method_options"]),
-                    "method_budgets": config["method_budgets"].get(method, {})})
+    return flatten(settings_for(method, config["method_options"], config["method_budgets"]))
 
 
 def ran_methods(result: dict[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from instil.config import Config, from_dict, save_config
 from instil.engine.distributed import world
 from instil.errors import InstilError
 from instil.io import atomic_write_json
-from instil.methods import options_for
+from instil.methods import PER_METHOD_KEYS, settings_for
 from instil.report import flatten, summarise, write_summary
 
 Records = dict[tuple[str, int], dict[str, Any]]  # by (method, order seed)
@@ -31,10 +31,9 @@ Records = dict[tuple[str, int], dict[str, Any]]  # by (method, order seed)
 # not how (a finished (method, order seed) pair is kept as it is), or what is logged.
 RESUMABLE_KEYS = ("name", "methods", "order_seeds", "save_models", "state_every_seconds",
                   "log")
-# Keys of one method each: they must agree only for the methods the folder has run (a
-# finished record or a saved state), as merge asks of the folders it joins, so that a method
-# not yet run there may still be set up before it runs (e.g. a λ that a preset had to lower).
-PER_METHOD_KEYS = ("method_options", "method_budgets")
+# PER_METHOD_KEYS must agree only for the methods the folder has run (a finished record or a
+# saved state), as merge asks of the folders it joins, so that a method not yet run there
+# may still be set up before it runs (e.g. a λ that a preset had to lower).
 
 
 def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path,
@@ -55,14 +54,12 @@ def check_same_protocol(old_config: dict[str, Any], config: Config, path: Path,
         raise InstilError(f"{path} was made with {differing[0]}={old.get(differing[0])!r}, "
                           f"this run has {new.get(differing[0])!r}; use another --out")
     for method in sorted(set(ran)):
-        for key, then, now in (
-                ("method_options", options_for(method, before.method_options),
-                 options_for(method, config.method_options)),
-                ("method_budgets", before.method_budgets.get(method) or {},
-                 config.method_budgets.get(method) or {})):
-            if then != now:
-                raise InstilError(f"{path} ran {method} with {key}.{method}={then!r}, this run "
-                                  f"has {now!r}; use another --out")
+        then = settings_for(method, before.method_options, before.method_budgets)
+        now = settings_for(method, config.method_options, config.method_budgets)
+        for key in PER_METHOD_KEYS:
+            if then[key] != now[key]:
+                raise InstilError(f"{path} ran {method} with {key}.{method}={then[key]!r}, "
+                                  f"this run has {now[key]!r}; use another --out")
 
 
 def in_order(config: Config, records: Records) -> list[dict[str, Any]]:

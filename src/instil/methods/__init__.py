@@ -42,6 +42,18 @@ def options_for(name: str, method_options: dict[str, dict[str, Any]]) -> dict[st
     return {**inherited, **own}
 
 
+# The config keys that hold one entry per method.
+PER_METHOD_KEYS = ("method_options", "method_budgets")
+
+
+def settings_for(name: str, method_options: dict[str, dict[str, Any]],
+                 method_budgets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Everything a config sets for method `name` alone, by PER_METHOD_KEYS: its options
+    (inherited ones included) and its budget changes; what resume and merge compare."""
+    return {"method_options": options_for(name, method_options),
+            "method_budgets": method_budgets.get(name) or {}}
+
+
 def create_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """Builds method `name`; `options` (method_options.<name>) may not contradict its preset."""
     if name not in METHODS:
